@@ -1,0 +1,1 @@
+"""Discord extensions (slash commands, buttons). They translate interactions into service calls."""
