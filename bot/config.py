@@ -1,0 +1,148 @@
+"""Settings: read once at start from the environment and `.env`, then passed down.
+
+The environment variable names are the interface (documented in `.env.example` and the
+README). Secrets are `SecretStr` so they never print by accident. A missing or invalid value
+stops the program with one line naming the variable and what to do (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from bot.errors import ConfigError
+
+SPEC_SIZES = ("1328*1328", "1664*928", "928*1664", "1472*1140", "1140*1472")
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+def _split_commas(value: object) -> object:
+    """`IMAGE_SIZES=1328*1328,1664*928` -> a tuple; empty items dropped."""
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        frozen=True,
+    )
+
+    # -- secrets and endpoints ----------------------------------------------------------------
+    discord_token: SecretStr | None = None
+    nebula_api_key: SecretStr | None = None
+    nebula_base_url: str = "https://llm.ai-nebula.com/v1"
+    image_model: str = "qwen-image-plus"
+    #: "parameters" (the simple shape) or "messages" (extra.input.messages + extra.parameters)
+    image_request_shape: Literal["parameters", "messages"] = "parameters"
+    database_url: str = "sqlite:///data/imagine.db"
+    discord_api_base: str | None = None
+    discord_gateway_url: str | None = None
+    dev_guild_id: int | None = None
+    log_level: str = "INFO"
+
+    # -- upstream limits ----------------------------------------------------------------------
+    upstream_rpm: int = Field(60, ge=1, le=6000)
+    upstream_concurrency: int = Field(2, ge=1, le=100)
+    upstream_timeout_s: float = Field(120.0, gt=0, le=1800)
+    upstream_max_retries: int = Field(2, ge=0, le=10)
+    #: longest Retry-After we honour before failing the attempt back to the scheduler
+    upstream_retry_after_cap_s: float = Field(60.0, gt=0)
+
+    # -- input and output bounds --------------------------------------------------------------
+    prompt_max_chars: int = Field(800, ge=1, le=10_000)
+    negative_prompt_max_chars: int = Field(500, ge=0, le=10_000)
+    image_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    image_host_allowlist: CommaList = ("*.aliyuncs.com",)
+    price_per_image_cny: Decimal = Field(Decimal("0.18"), ge=0, max_digits=10, decimal_places=2)
+    image_sizes: CommaList = SPEC_SIZES
+    cache_dir: Path = Path("data/cache")
+
+    # -- queue admission (the Discord bot) ------------------------------------------------------
+    guild_queue_max: int = Field(25, ge=1, le=1000)
+    user_pending_max: int = Field(2, ge=1, le=100)
+    shutdown_grace_s: float = Field(30.0, ge=0, le=600)
+
+    _split = field_validator("image_host_allowlist", "image_sizes", mode="before")(_split_commas)
+
+    @field_validator("image_sizes")
+    @classmethod
+    def _sizes_look_like_sizes(cls, sizes: tuple[str, ...]) -> tuple[str, ...]:
+        if not sizes:
+            raise ValueError("needs at least one size such as 1328*1328")
+        for size in sizes:
+            width, _, height = size.partition("*")
+            if not (width.isdigit() and height.isdigit()):
+                raise ValueError(f"'{size}' is not WIDTH*HEIGHT (e.g. 1328*1328)")
+        return sizes
+
+    @field_validator("nebula_base_url", "discord_api_base")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"'{url}' is not an http(s) URL")
+        return url.rstrip("/")
+
+    @field_validator("discord_gateway_url")
+    @classmethod
+    def _ws_url(cls, url: str | None) -> str | None:
+        if url is not None and urlsplit(url).scheme not in ("ws", "wss"):
+            raise ValueError(f"'{url}' is not a ws:// or wss:// URL")
+        return url
+
+    @field_validator("database_url")
+    @classmethod
+    def _sqlite_url(cls, url: str) -> str:
+        if not url.startswith("sqlite:///"):
+            raise ValueError("only sqlite:///path/to/file.db is supported")
+        return url
+
+    # -- derived values -------------------------------------------------------------------------
+    @property
+    def price_per_image_fen(self) -> int:
+        """Money is integer fen (0.18 CNY = 18) everywhere below the settings."""
+        return int((self.price_per_image_cny * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+    @property
+    def database_path(self) -> Path:
+        """`sqlite:///data/x.db` is relative to the working directory, `sqlite:////abs/x.db` absolute."""
+        return Path(self.database_url.removeprefix("sqlite:///"))
+
+    def require(self, *names: str) -> None:
+        """Stop with a clear line if a value needed by this command is missing."""
+        for name in names:
+            value = getattr(self, name.lower())
+            if value is None or (isinstance(value, SecretStr) and not value.get_secret_value().strip()):
+                raise ConfigError(f"{name} is not set: {_HOW_TO_SET[name]}")
+
+
+_HOW_TO_SET = {
+    "NEBULA_API_KEY": "put your Nebula gateway API key in .env (see .env.example) or the environment.",
+    "DISCORD_TOKEN": "put your bot's token (Discord developer portal > Bot > Reset Token) in .env.",
+}
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings once; turn pydantic's report into one line per bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = str(error["loc"][0]).upper() if error["loc"] else "settings"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            lines.append(f"{name} is invalid: {message}. Fix it in .env or the environment.")
+        raise ConfigError(" ".join(lines)) from None
