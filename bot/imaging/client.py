@@ -1,0 +1,234 @@
+"""The image API client: one request in, one parsed response or one typed error out.
+
+Retries happen here and only here (policy in `retry.py`). Every attempt, retries included,
+runs inside `gate.attempt()`, which is how the scheduler's global limiter sees every upstream
+call and pauses everyone on a 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Protocol
+
+import httpx
+from pydantic import SecretStr
+
+from bot.imaging.errors import (
+    AuthenticationFailed,
+    BadRequest,
+    ContentRejected,
+    MalformedResponse,
+    PermissionDenied,
+    RateLimited,
+    ServerError,
+    Timeout,
+    UpstreamError,
+)
+from bot.imaging.models import ImageRequest, ImageResponse, RequestShape
+from bot.imaging.retry import RetryPolicy, parse_retry_after, retry_delay, should_retry
+
+log = logging.getLogger("imagine.imaging")
+
+# What the provider says when its safety system refuses a prompt (e.g. "DataInspectionFailed",
+# "Output data may contain inappropriate content").
+_CONTENT_REFUSAL = re.compile(
+    r"data\s*inspection|inappropriate|sensitive|content\s*(policy|moderation|security)|safety|green\s*net",
+    re.IGNORECASE,
+)
+# Failures where the request never reached the server: retrying cannot cause a second charge.
+_NEVER_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.WriteError,
+    httpx.WriteTimeout,
+)
+
+
+class Gate(Protocol):
+    """Wraps one upstream attempt (the scheduler's limiter implements it)."""
+
+    def attempt(self) -> AbstractAsyncContextManager[None]: ...
+
+
+class OpenGate:
+    """No limits: for one-off calls outside a scheduler (and the client's own tests)."""
+
+    @asynccontextmanager
+    async def attempt(self):  # type: ignore[override]
+        yield
+
+
+class ImageClient:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        base_url: str,
+        api_key: SecretStr,
+        timeout_s: float = 120.0,
+        connect_timeout_s: float = 10.0,
+        policy: RetryPolicy | None = None,
+        shape: RequestShape = "parameters",
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._http = http
+        self._url = base_url.rstrip("/") + "/images/generations"
+        self._api_key = api_key
+        self._timeout_s = timeout_s
+        # httpx's read timeout is per silent chunk (default 5 s): a generation takes longer, so
+        # the read timeout is the whole generation budget; connecting must be quick.
+        self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s, write=30.0, pool=timeout_s)
+        self._policy = policy or RetryPolicy()
+        self._shape = shape
+        self._sleep = sleep
+        self._rng = rng
+
+    async def generate(self, request: ImageRequest, *, gate: Gate | None = None) -> ImageResponse:
+        gate = gate or OpenGate()
+        retries = 0
+        while True:
+            try:
+                async with gate.attempt():
+                    return await self._attempt(request)
+            except UpstreamError as error:
+                if not should_retry(error, retries, self._policy):
+                    raise
+                delay = retry_delay(error, retries, self._policy, self._rng)
+                retries += 1
+                log.warning(
+                    "image API: %s; retry %d/%d in %.1f s (request_id=%s)",
+                    type(error).__name__,
+                    retries,
+                    self._policy.max_retries,
+                    delay,
+                    error.request_id or "-",
+                )
+                await self._sleep(delay)
+
+    async def _attempt(self, request: ImageRequest) -> ImageResponse:
+        headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
+        body = request.to_dict(self._shape)
+        try:
+            # An overall deadline on top of httpx's per-phase timeouts.
+            async with asyncio.timeout(self._timeout_s + 5):
+                response = await self._http.post(self._url, json=body, headers=headers, timeout=self._timeout)
+        except _NEVER_SENT as exc:
+            raise ServerError(f"could not reach the image API ({type(exc).__name__})") from None
+        except (httpx.TimeoutException, TimeoutError):
+            raise Timeout(f"the image API did not answer within {self._timeout_s:g} s") from None
+        except httpx.HTTPError as exc:
+            # The request was sent and the connection broke: the image may be generating (and
+            # billed), so this is not retried.
+            raise ServerError(
+                f"connection lost after sending ({type(exc).__name__})", retryable=False
+            ) from None
+        return parse_response(response)
+
+
+def parse_response(response: httpx.Response) -> ImageResponse:
+    """Turn an HTTP answer into a response or the error of the table (HTTP status or body code)."""
+    request_id = response.headers.get("x-request-id") or response.headers.get("x-dashscope-request-id")
+    body = _json_object(response)
+    body_code = body.get("code") if body is not None else None
+    if response.status_code != 200:
+        status = response.status_code
+    elif body is None:
+        raise MalformedResponse(
+            "the image API answered 200 with a body that is not JSON", request_id=request_id
+        )
+    elif isinstance(body_code, int) and not isinstance(body_code, bool):
+        status = body_code
+    else:
+        status = 200
+    if status != 200:
+        raise error_for_status(
+            status,
+            _message(body, response),
+            request_id=_body_request_id(body) or request_id,
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+            http_status=response.status_code,
+            code=body_code,
+        )
+    try:
+        return ImageResponse.from_dict(body, header_request_id=request_id)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise MalformedResponse(
+            f"the image API's answer has no usable image: {exc}", request_id=request_id
+        ) from None
+
+
+def error_for_status(
+    status: int,
+    message: str,
+    *,
+    request_id: str | None,
+    retry_after: float | None = None,
+    http_status: int | None = None,
+    code: object = None,
+) -> UpstreamError:
+    kw: dict[str, Any] = {
+        "status": http_status,
+        "code": code if isinstance(code, int | str) else status,
+        "request_id": request_id,
+    }
+    if status == 400 and _CONTENT_REFUSAL.search(message):
+        return ContentRejected(message, **kw)
+    if status == 401:
+        return AuthenticationFailed(message, **kw)
+    if status == 403:
+        return PermissionDenied(message, **kw)
+    if status == 429:
+        return RateLimited(message, retry_after=retry_after, **kw)
+    if status == 408 or status >= 500:
+        return ServerError(message, **kw)
+    if 400 <= status < 500:
+        return BadRequest(message, **kw)
+    return MalformedResponse(f"unexpected status {status}: {message}", **kw)
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _message(body: dict[str, Any] | None, response: httpx.Response) -> str:
+    if body is not None:
+        for key in ("msg", "message", "error"):
+            value = body.get(key)
+            if isinstance(value, dict):
+                value = value.get("message")
+            if isinstance(value, str) and value.strip():
+                return _clean(value)
+    text = _clean(response.text) if response.text else ""
+    return text or f"HTTP {response.status_code}"
+
+
+def _clean(text: str, limit: int = 300) -> str:
+    """One line, printable, bounded: upstream text ends up in logs and user messages."""
+    text = re.sub(r"<[^>]{0,200}>", " ", text)  # drop HTML tags of proxy error pages
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    text = " ".join(text.split())
+    return text[:limit] + ("…" if len(text) > limit else "")
+
+
+def _body_request_id(body: dict[str, Any] | None) -> str | None:
+    if body is None:
+        return None
+    value = body.get("request_id")
+    if isinstance(value, str) and value:
+        return value
+    data = body.get("data")
+    if isinstance(data, dict) and isinstance(data.get("metadata"), dict):
+        value = data["metadata"].get("request_id")
+        return value if isinstance(value, str) and value else None
+    return None

@@ -1,0 +1,203 @@
+"""Fetching the generated image: a security boundary, because the URL comes from a third party.
+
+Rules: https only (plain http only for the configured gateway's own host, which is what local
+tests use); the host must be in IMAGE_HOST_ALLOWLIST or be the gateway's; redirects are
+followed by hand and each hop is checked again; the body is streamed under IMAGE_MAX_BYTES
+(checked on Content-Length and on bytes read); the content type and the magic bytes must both
+say PNG, JPEG or WebP; the whole fetch has a deadline. Inline `b64_json` images pass the same
+size and type checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from bot.imaging.errors import ForbiddenImageSource, ImageTooLarge, ImageUnavailable, UnsupportedImage
+
+log = logging.getLogger("imagine.imaging")
+
+_REDIRECTS = (301, 302, 303, 307, 308)
+_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/webp": "webp"}
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadedImage:
+    data: bytes
+    kind: str  # "png" | "jpeg" | "webp"
+
+    @property
+    def extension(self) -> str:
+        return "jpg" if self.kind == "jpeg" else self.kind
+
+    @property
+    def content_type(self) -> str:
+        return f"image/{self.kind}"
+
+
+def sniff_kind(data: bytes) -> str | None:
+    """The image type by its magic bytes, or None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+class ImageFetcher:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        allowlist: Sequence[str],
+        gateway_url: str,
+        max_bytes: int,
+        deadline_s: float = 60.0,
+        max_redirects: int = 3,
+        retries: int = 2,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._http = http
+        self._patterns = tuple(p.strip().lower() for p in allowlist if p.strip())
+        gateway = urlsplit(gateway_url)
+        self._gateway_host = (gateway.hostname or "").lower()
+        self._gateway_port = gateway.port
+        self._max_bytes = max_bytes
+        self._deadline_s = deadline_s
+        self._max_redirects = max_redirects
+        self._retries = retries
+        self._sleep = sleep
+
+    # -- public -----------------------------------------------------------------------------------
+    async def fetch(self, url: str, *, request_id: str | None = None) -> DownloadedImage:
+        """Download and check; transient failures (network, 5xx) are tried again a few times."""
+        attempt = 0
+        while True:
+            try:
+                async with asyncio.timeout(self._deadline_s):
+                    return await self._fetch_once(url, request_id)
+            except TimeoutError:
+                error: ImageUnavailable = ImageUnavailable(
+                    f"the image download took longer than {self._deadline_s:g} s", request_id=request_id
+                )
+            except ImageUnavailable as exc:
+                error = exc
+            if not error.retryable or attempt >= self._retries:
+                raise error
+            attempt += 1
+            log.warning("image download failed (%s); retry %d/%d", error.message, attempt, self._retries)
+            await self._sleep(0.5 * attempt)
+
+    def decode_b64(self, b64: str, *, request_id: str | None = None) -> DownloadedImage:
+        """An inline image: same size and type rules as a download."""
+        if len(b64) * 3 // 4 > self._max_bytes + 3:
+            raise self._too_large(len(b64) * 3 // 4, request_id)
+        try:
+            data = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise UnsupportedImage("the inline image is not valid base64", request_id=request_id) from None
+        if len(data) > self._max_bytes:
+            raise self._too_large(len(data), request_id)
+        return self._checked(data, declared=None, request_id=request_id)
+
+    def check_url(self, url: str, *, request_id: str | None = None) -> None:
+        """Refuse anything but https to an allowed host (or http to the gateway itself)."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise ForbiddenImageSource("the image URL is not a valid URL", request_id=request_id) from None
+        host = (parts.hostname or "").lower()
+        if parts.username or parts.password:
+            raise ForbiddenImageSource("the image URL carries credentials", request_id=request_id)
+        is_gateway = host == self._gateway_host and port == self._gateway_port
+        if parts.scheme == "http" and is_gateway:
+            return
+        if parts.scheme != "https":
+            raise ForbiddenImageSource(
+                f"the image URL uses '{parts.scheme or 'no'}' scheme; only https is allowed",
+                request_id=request_id,
+            )
+        if not (host == self._gateway_host or self._host_allowed(host)):
+            raise ForbiddenImageSource(
+                f"the image host '{host}' is not in IMAGE_HOST_ALLOWLIST", request_id=request_id
+            )
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _host_allowed(self, host: str) -> bool:
+        for pattern in self._patterns:
+            if pattern.startswith("*.") and host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:
+                return True
+            if host == pattern:
+                return True
+        return False
+
+    async def _fetch_once(self, url: str, request_id: str | None) -> DownloadedImage:
+        for _ in range(self._max_redirects + 1):
+            self.check_url(url, request_id=request_id)
+            try:
+                async with self._http.stream("GET", url, follow_redirects=False) as response:
+                    if response.status_code in _REDIRECTS:
+                        location = response.headers.get("location")
+                        if not location:
+                            raise ImageUnavailable("the image host redirected nowhere", request_id=request_id)
+                        url = urljoin(url, location)
+                        continue
+                    return await self._read(response, request_id)
+            except httpx.HTTPError as exc:
+                raise ImageUnavailable(
+                    f"the image download failed ({type(exc).__name__})", request_id=request_id, retryable=True
+                ) from None
+        raise ForbiddenImageSource("the image URL redirected too many times", request_id=request_id)
+
+    async def _read(self, response: httpx.Response, request_id: str | None) -> DownloadedImage:
+        if response.status_code != 200:
+            raise ImageUnavailable(
+                f"the image host answered HTTP {response.status_code}",
+                status=response.status_code,
+                request_id=request_id,
+                retryable=response.status_code >= 500,
+            )
+        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in _TYPES:
+            raise UnsupportedImage(
+                f"the image host sent '{content_type or 'no content type'}', not PNG/JPEG/WebP",
+                request_id=request_id,
+            )
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self._max_bytes:
+            raise self._too_large(int(declared), request_id)
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in response.aiter_bytes():
+            total += len(chunk)
+            if total > self._max_bytes:
+                raise self._too_large(total, request_id, at_least=True)
+            chunks.append(chunk)
+        return self._checked(b"".join(chunks), declared=_TYPES[content_type], request_id=request_id)
+
+    def _checked(self, data: bytes, *, declared: str | None, request_id: str | None) -> DownloadedImage:
+        kind = sniff_kind(data)
+        if kind is None:
+            raise UnsupportedImage("the image bytes are not PNG, JPEG or WebP", request_id=request_id)
+        if declared is not None and declared != kind:
+            raise UnsupportedImage(
+                f"the image claims to be {declared} but its bytes are {kind}", request_id=request_id
+            )
+        return DownloadedImage(data=data, kind=kind)
+
+    def _too_large(self, size: int, request_id: str | None, *, at_least: bool = False) -> ImageTooLarge:
+        more = "more than " if at_least else ""
+        return ImageTooLarge(
+            f"the image is {more}{size:,} bytes; the limit (IMAGE_MAX_BYTES) is {self._max_bytes:,}",
+            request_id=request_id,
+        )

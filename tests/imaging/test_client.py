@@ -1,0 +1,229 @@
+"""The image client against the loopback fake: every row of the error table, and the retry rules."""
+
+from __future__ import annotations
+
+import random
+import socket
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from bot.imaging.client import ImageClient
+from bot.imaging.errors import (
+    AuthenticationFailed,
+    BadRequest,
+    ContentRejected,
+    MalformedResponse,
+    PermissionDenied,
+    RateLimited,
+    ServerError,
+    Timeout,
+)
+from bot.imaging.models import ImageRequest
+from bot.imaging.retry import RetryPolicy
+from tests.conftest import TEST_API_KEY
+from tests.fakes.image_api import FakeImageApi, Reply
+
+REQUEST = ImageRequest(model="qwen-image-plus", prompt="A cute orange kitten", size="1328*1328")
+
+
+class SleepRecorder:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+class CountingGate:
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    @asynccontextmanager
+    async def attempt(self):
+        self.attempts += 1
+        yield
+
+
+@pytest.fixture
+async def http():
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+def make_client(http: httpx.AsyncClient, base_url: str, **kw) -> tuple[ImageClient, SleepRecorder]:
+    sleep = SleepRecorder()
+    options = {
+        "base_url": base_url,
+        "api_key": SecretStr(TEST_API_KEY),
+        "policy": RetryPolicy(max_retries=2, retry_after_cap_s=30),
+        "sleep": sleep,
+        "rng": random.Random(7),
+    }
+    options.update(kw)
+    return ImageClient(http, **options), sleep
+
+
+async def test_success_parses_the_documented_shape(http, fake_api: FakeImageApi) -> None:
+    client, _ = make_client(http, fake_api.base_url)
+    fake_api.script(Reply.ok(revised_prompt="An orange kitten, soft light"))
+    response = await client.generate(REQUEST)
+    assert response.first.url.startswith(fake_api.url + "/files/")
+    assert response.first.revised_prompt == "An orange kitten, soft light"
+    assert (response.width, response.height, response.image_count) == (1328, 1328, 1)
+    recorded = fake_api.requests[0]
+    assert response.request_id == recorded.request_id
+
+
+async def test_sends_prompt_extend_and_watermark_explicitly(http, fake_api: FakeImageApi) -> None:
+    client, _ = make_client(http, fake_api.base_url)
+    await client.generate(
+        ImageRequest("qwen-image-plus", "p", "1664*928", "blur", prompt_extend=False, watermark=False)
+    )
+    body = fake_api.requests[0].json
+    assert body == {
+        "model": "qwen-image-plus",
+        "prompt": "p",
+        "parameters": {
+            "size": "1664*928",
+            "negative_prompt": "blur",
+            "prompt_extend": False,
+            "watermark": False,
+        },
+    }
+    assert fake_api.requests[0].headers["authorization"] == f"Bearer {TEST_API_KEY}"
+
+
+async def test_messages_shape_is_selectable(http, fake_api: FakeImageApi) -> None:
+    client, _ = make_client(http, fake_api.base_url, shape="messages")
+    await client.generate(REQUEST)
+    body = fake_api.requests[0].json
+    assert body["extra"]["input"]["messages"] == [{"role": "user", "content": [{"text": REQUEST.prompt}]}]
+    assert body["extra"]["parameters"]["prompt_extend"] is True
+    assert "parameters" not in body
+
+
+@pytest.mark.parametrize(
+    ("reply", "error_type"),
+    [
+        (Reply.error(400, "Parameter Error: Unsupported image size"), BadRequest),
+        (Reply.content_rejected(), ContentRejected),
+        (Reply.error(401), AuthenticationFailed),
+        (Reply.error(403), PermissionDenied),
+        (Reply.body_error(400, "Parameter Error: model not found"), BadRequest),
+        (Reply.body_error(403, "Insufficient balance"), PermissionDenied),
+        (Reply.non_json(200), MalformedResponse),
+        (Reply.no_image(), MalformedResponse),
+    ],
+)
+async def test_refusals_are_typed_and_never_retried(http, fake_api: FakeImageApi, reply, error_type) -> None:
+    client, sleep = make_client(http, fake_api.base_url)
+    fake_api.script(reply)
+    with pytest.raises(error_type) as caught:
+        await client.generate(REQUEST)
+    assert type(caught.value) is error_type
+    assert len(fake_api.requests) == 1
+    assert sleep.delays == []
+    assert caught.value.request_id == fake_api.requests[0].request_id
+
+
+async def test_bad_request_keeps_the_gateway_message(http, fake_api: FakeImageApi) -> None:
+    client, _ = make_client(http, fake_api.base_url)
+    fake_api.script(Reply.error(400, "Parameter Error: Unsupported image size"))
+    with pytest.raises(BadRequest) as caught:
+        await client.generate(REQUEST)
+    assert caught.value.message == "Parameter Error: Unsupported image size"
+    assert caught.value.code == 400
+
+
+async def test_server_error_is_retried_then_succeeds(http, fake_api: FakeImageApi) -> None:
+    client, sleep = make_client(http, fake_api.base_url)
+    fake_api.script(Reply.error(500), Reply.error(502))
+    response = await client.generate(REQUEST)
+    assert response.first.url
+    assert len(fake_api.requests) == 3
+    assert len(sleep.delays) == 2
+    assert sleep.delays[1] > sleep.delays[0] / 2  # backoff grows (with jitter)
+
+
+@pytest.mark.parametrize("reply", [Reply.error(500), Reply.error(503), Reply.error(408), Reply.non_json(502)])
+async def test_server_errors_fail_after_bounded_retries(http, fake_api: FakeImageApi, reply) -> None:
+    client, sleep = make_client(http, fake_api.base_url)
+    fake_api.script(reply, reply, reply, Reply.ok())
+    with pytest.raises(ServerError):
+        await client.generate(REQUEST)
+    assert len(fake_api.requests) == 3  # the first try and max_retries=2
+    assert len(sleep.delays) == 2
+
+
+async def test_rate_limited_honours_retry_after_then_surfaces(http, fake_api: FakeImageApi) -> None:
+    client, sleep = make_client(http, fake_api.base_url)
+    fake_api.script(*[Reply.error(429, retry_after=7)] * 3)
+    with pytest.raises(RateLimited) as caught:
+        await client.generate(REQUEST)
+    assert caught.value.retry_after == 7
+    assert len(fake_api.requests) == 3
+    assert all(delay >= 7 for delay in sleep.delays)
+
+
+async def test_rate_limited_in_a_200_body(http, fake_api: FakeImageApi) -> None:
+    client, _ = make_client(http, fake_api.base_url, policy=RetryPolicy(max_retries=0))
+    fake_api.script(Reply.body_error(429, "Requests rate limit exceeded"))
+    with pytest.raises(RateLimited):
+        await client.generate(REQUEST)
+
+
+async def test_retry_after_above_the_cap_goes_straight_to_the_scheduler(http, fake_api: FakeImageApi) -> None:
+    client, sleep = make_client(http, fake_api.base_url)
+    fake_api.script(Reply.error(429, retry_after=3600))
+    with pytest.raises(RateLimited) as caught:
+        await client.generate(REQUEST)
+    assert caught.value.retry_after == 3600
+    assert len(fake_api.requests) == 1
+    assert sleep.delays == []
+
+
+async def test_dropped_connection_after_sending_is_not_retried(http, fake_api: FakeImageApi) -> None:
+    client, sleep = make_client(http, fake_api.base_url)
+    fake_api.script(Reply.drop(), Reply.ok())
+    with pytest.raises(ServerError) as caught:
+        await client.generate(REQUEST)
+    assert caught.value.retryable is False
+    assert len(fake_api.requests) == 1
+    assert sleep.delays == []
+
+
+async def test_no_answer_is_a_timeout_and_not_retried(http, fake_api: FakeImageApi) -> None:
+    client, sleep = make_client(http, fake_api.base_url, timeout_s=0.3)
+    fake_api.script(Reply.hang(), Reply.ok())
+    with pytest.raises(Timeout):
+        await client.generate(REQUEST)
+    assert len(fake_api.requests) == 1
+    assert sleep.delays == []
+
+
+async def test_connection_refused_is_retried_because_nothing_was_sent(http) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client, sleep = make_client(http, f"http://127.0.0.1:{port}/v1")
+    with pytest.raises(ServerError) as caught:
+        await client.generate(REQUEST)
+    assert caught.value.retryable is True
+    assert len(sleep.delays) == 2
+
+
+async def test_every_attempt_passes_the_gate(http, fake_api: FakeImageApi) -> None:
+    client, _ = make_client(http, fake_api.base_url)
+    gate = CountingGate()
+    fake_api.script(Reply.error(500), Reply.error(429, retry_after=0))
+    await client.generate(REQUEST, gate=gate)
+    assert gate.attempts == 3
+
+
+async def test_wrong_key_is_authentication_failed(http, fake_api: FakeImageApi) -> None:
+    client, _ = make_client(http, fake_api.base_url, api_key=SecretStr("sk-wrong"))
+    with pytest.raises(AuthenticationFailed):
+        await client.generate(REQUEST)
