@@ -1,0 +1,171 @@
+"""The SQLite store: one object owns the connections, every write goes through one lock.
+
+Why a lock even for single statements: an aiosqlite connection is one shared transaction, so a
+coroutine's autocommit INSERT issued while another coroutine holds `BEGIN IMMEDIATE` silently
+joins (and dies with) that transaction's rollback. Reads use a second connection, so they only
+ever see committed rows (WAL lets them run beside the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.storage.migrations import MIGRATIONS, Migration
+
+log = logging.getLogger("imagine.storage")
+
+Params = Sequence[Any] | dict[str, Any]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    """Timestamps are ISO-8601 UTC text with milliseconds: sortable and readable in reports."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+class Store:
+    def __init__(
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        path: Path,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._write_lock = asyncio.Lock()
+        self.path = path
+        self.clock = clock
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        migrations: Sequence[Migration] = MIGRATIONS,
+        clock: Callable[[], datetime] = utc_now,
+        busy_timeout_ms: int = 5000,
+    ) -> Store:
+        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+        writer = await _connect(path, busy_timeout_ms)
+        try:
+            await writer.execute("PRAGMA journal_mode=WAL")
+            applied = await _migrate(writer, migrations)
+            reader = await _connect(path, busy_timeout_ms)
+        except BaseException:
+            await writer.close()
+            raise
+        if applied:
+            log.info("database %s migrated to version %d", path, applied[-1])
+        return cls(writer, reader, path, clock)
+
+    async def close(self) -> None:
+        async with self._write_lock:
+            await self._reader.close()
+            await self._writer.close()
+
+    def now(self) -> str:
+        return iso(self.clock())
+
+    # -- writes --------------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """`BEGIN IMMEDIATE` ... COMMIT under the write lock; rolls back on any exception.
+
+        Never await network I/O inside: the lock would stall every other write.
+        """
+        async with self._write_lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+
+    async def write(self, sql: str, params: Params = ()) -> int:
+        """One statement in its own transaction; returns the number of rows changed."""
+        async with self.transaction() as db:
+            cursor = await db.execute(sql, params)
+            return cursor.rowcount
+
+    async def write_returning(self, sql: str, params: Params = ()) -> list[aiosqlite.Row]:
+        """One statement with a RETURNING clause (e.g. a conditional UPSERT), atomically."""
+        async with self.transaction() as db:
+            cursor = await db.execute(sql, params)
+            return list(await cursor.fetchall())
+
+    # -- reads ---------------------------------------------------------------------------------------
+    async def fetch_one(self, sql: str, params: Params = ()) -> aiosqlite.Row | None:
+        cursor = await self._reader.execute(sql, params)
+        try:
+            return await cursor.fetchone()
+        finally:
+            await cursor.close()
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[aiosqlite.Row]:
+        cursor = await self._reader.execute(sql, params)
+        try:
+            return list(await cursor.fetchall())
+        finally:
+            await cursor.close()
+
+    async def schema_version(self) -> int:
+        row = await self.fetch_one("PRAGMA user_version")
+        return int(row[0]) if row else 0
+
+    # -- small key/value table for bookkeeping (e.g. the hash of the last command sync) -----------------
+    async def get_meta(self, key: str) -> str | None:
+        row = await self.fetch_one("SELECT value FROM meta WHERE key = ?", (key,))
+        return row["value"] if row else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self.write(
+            "INSERT INTO meta(key, value) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+
+async def _connect(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves instead of sqlite3's implicit ones.
+    db = await aiosqlite.connect(path, isolation_level=None)
+    db.row_factory = aiosqlite.Row
+    await db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    await db.execute("PRAGMA synchronous=FULL")  # durability over speed: SQLite is not our bottleneck
+    await db.execute("PRAGMA foreign_keys=ON")
+    return db
+
+
+async def _migrate(db: aiosqlite.Connection, migrations: Iterable[Migration]) -> list[int]:
+    """Apply every migration above the file's user_version, each in its own transaction."""
+    cursor = await db.execute("PRAGMA user_version")
+    row = await cursor.fetchone()
+    current = int(row[0]) if row else 0
+    applied = []
+    for migration in sorted(migrations, key=lambda m: m.version):
+        if migration.version <= current:
+            continue
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in migration.statements:
+                await db.execute(statement)
+            await db.execute(f"PRAGMA user_version={int(migration.version)}")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        await db.execute("COMMIT")
+        applied.append(migration.version)
+    return applied

@@ -1,0 +1,200 @@
+"""Generation jobs: the durable record of every request, its state and its cost.
+
+States: queued -> submitting -> generated -> delivered, or failed from any of them.
+`generated` is written (image URL and request id) before anything else is done with the
+image, so a restart only downloads and delivers again and never pays twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosqlite
+
+from bot.storage.db import Store
+
+UNFINISHED = ("queued", "submitting", "generated")
+_DISCORD_EPOCH_MS = 1420070400000
+
+
+def new_local_id() -> int:
+    """A snowflake-shaped id for jobs that have no Discord interaction (the CLI)."""
+    millis = int(time.time() * 1000) - _DISCORD_EPOCH_MS
+    return (millis << 22) | int.from_bytes(os.urandom(3), "big") & 0x3FFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    id: int
+    requester: str
+    command: str
+    model: str
+    prompt: str
+    size: str
+    negative_prompt: str
+    prompt_extend: bool
+    watermark: bool
+    style: str | None = None
+    guild_id: int | None = None
+    channel_id: int | None = None
+    user_id: int | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: int
+    guild_id: int | None
+    channel_id: int | None
+    user_id: int | None
+    requester: str
+    command: str
+    style: str | None
+    model: str
+    prompt: str
+    negative_prompt: str
+    size: str
+    prompt_extend: bool
+    watermark: bool
+    inputs: dict[str, Any]
+    state: str
+    attempts: int
+    request_id: str | None
+    image_url: str | None
+    image_sha256: str | None
+    revised_prompt: str | None
+    error_code: str | None
+    error_message: str | None
+    upstream_fen: int
+    cost_fen: int
+    queued_at: str
+    started_at: str | None
+    generated_at: str | None
+    finished_at: str | None
+
+    @property
+    def finished(self) -> bool:
+        return self.state not in UNFINISHED
+
+    @classmethod
+    def from_row(cls, row: aiosqlite.Row) -> Job:
+        values = dict(zip(row.keys(), tuple(row), strict=True))
+        values["prompt_extend"] = bool(values["prompt_extend"])
+        values["watermark"] = bool(values["watermark"])
+        values["inputs"] = json.loads(values.pop("inputs_json") or "{}")
+        return cls(**{name: values[name] for name in cls.__slots__})  # type: ignore[attr-defined]
+
+
+class JobStore:
+    """Every state change is one conditional UPDATE: a job cannot go backwards by accident."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def insert(self, job: NewJob) -> bool:
+        """False when the id exists already (a replayed interaction): nothing is written."""
+        changed = await self._store.write(
+            """
+            INSERT INTO jobs (id, guild_id, channel_id, user_id, requester, command, style, model, prompt,
+                              negative_prompt, size, prompt_extend, watermark, inputs_json, queued_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT(id) DO NOTHING
+            """,
+            (
+                job.id,
+                job.guild_id,
+                job.channel_id,
+                job.user_id,
+                job.requester,
+                job.command,
+                job.style,
+                job.model,
+                job.prompt,
+                job.negative_prompt,
+                job.size,
+                int(job.prompt_extend),
+                int(job.watermark),
+                json.dumps(job.inputs, ensure_ascii=False, sort_keys=True),
+                self._store.now(),
+            ),
+        )
+        return changed == 1
+
+    async def get(self, job_id: int) -> Job | None:
+        row = await self._store.fetch_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return Job.from_row(row) if row else None
+
+    async def unfinished(self) -> list[Job]:
+        """Jobs to resume after a restart, oldest first (the order they were queued in)."""
+        rows = await self._store.fetch_all(
+            "SELECT * FROM jobs WHERE state IN ('queued', 'submitting', 'generated') ORDER BY queued_at, id"
+        )
+        return [Job.from_row(row) for row in rows]
+
+    async def mark_submitting(self, job_id: int) -> bool:
+        return await self._update(
+            job_id,
+            "state = 'submitting', attempts = attempts + 1, started_at = COALESCE(started_at, :now)",
+            "state IN ('queued', 'submitting')",
+        )
+
+    async def mark_queued_again(self, job_id: int) -> bool:
+        """Back to the queue (the upstream said 429): the attempt is not counted against anyone."""
+        return await self._update(
+            job_id, "state = 'queued', attempts = MAX(attempts - 1, 0)", "state = 'submitting'"
+        )
+
+    async def mark_generated(
+        self,
+        job_id: int,
+        *,
+        request_id: str | None,
+        image_url: str | None,
+        revised_prompt: str,
+        upstream_fen: int,
+    ) -> bool:
+        return await self._update(
+            job_id,
+            "state = 'generated', request_id = :request_id, image_url = :image_url,"
+            " revised_prompt = :revised_prompt, upstream_fen = :upstream_fen, generated_at = :now",
+            "state = 'submitting'",
+            request_id=request_id,
+            image_url=image_url or None,
+            revised_prompt=revised_prompt or None,
+            upstream_fen=upstream_fen,
+        )
+
+    async def set_image(self, job_id: int, sha256: str) -> bool:
+        return await self._update(job_id, "image_sha256 = :sha256", "state = 'generated'", sha256=sha256)
+
+    async def mark_delivered(self, job_id: int, *, cost_fen: int) -> bool:
+        return await self._update(
+            job_id,
+            "state = 'delivered', cost_fen = :cost_fen, finished_at = :now",
+            "state = 'generated'",
+            cost_fen=cost_fen,
+        )
+
+    async def mark_failed(
+        self, job_id: int, *, error_code: str, error_message: str, request_id: str | None = None
+    ) -> bool:
+        return await self._update(
+            job_id,
+            "state = 'failed', error_code = :error_code, error_message = :error_message,"
+            " request_id = COALESCE(:request_id, request_id), cost_fen = 0, finished_at = :now",
+            "state IN ('queued', 'submitting', 'generated')",
+            error_code=error_code,
+            error_message=error_message[:1000],
+            request_id=request_id,
+        )
+
+    async def _update(self, job_id: int, assignments: str, condition: str, **values: Any) -> bool:
+        values.update(id=job_id, now=self._store.now())
+        changed = await self._store.write(
+            f"UPDATE jobs SET {assignments} WHERE id = :id AND {condition}", values
+        )
+        return changed == 1

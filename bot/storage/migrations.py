@@ -1,0 +1,94 @@
+"""Schema migrations by version (SQLite's `PRAGMA user_version`).
+
+Append a new `Migration` for every change; never edit one that has shipped. Money is integer
+fen (0.18 CNY = 18); timestamps are ISO-8601 UTC text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "generation jobs: the queue's truth and the ledger",
+        (
+            """
+            CREATE TABLE jobs (
+                -- the Discord interaction id, so a replayed event cannot create a second job;
+                -- a locally made snowflake-like id for the CLI
+                id              INTEGER PRIMARY KEY,
+                guild_id        INTEGER,
+                channel_id      INTEGER,
+                user_id         INTEGER,
+                requester       TEXT    NOT NULL,            -- 'cli' or the Discord user id
+                command         TEXT    NOT NULL,            -- imagine | poster | couplet | reroll | cli
+                style           TEXT,
+                model           TEXT    NOT NULL,
+                prompt          TEXT    NOT NULL,
+                negative_prompt TEXT    NOT NULL DEFAULT '',
+                size            TEXT    NOT NULL,
+                prompt_extend   INTEGER NOT NULL,
+                watermark       INTEGER NOT NULL,
+                inputs_json     TEXT    NOT NULL DEFAULT '{}',  -- the command's own fields (poster title...)
+                state           TEXT    NOT NULL DEFAULT 'queued'
+                    CHECK (state IN ('queued', 'submitting', 'generated', 'delivered', 'failed')),
+                attempts        INTEGER NOT NULL DEFAULT 0,  -- upstream submissions started
+                request_id      TEXT,                        -- the upstream's id, for support
+                image_url       TEXT,
+                image_sha256    TEXT,                        -- the downloaded bytes in the image store
+                revised_prompt  TEXT,
+                error_code      TEXT,
+                error_message   TEXT,
+                -- billed to us by the provider / charged to the requester (delivered images only)
+                upstream_fen    INTEGER NOT NULL DEFAULT 0 CHECK (upstream_fen >= 0),
+                cost_fen        INTEGER NOT NULL DEFAULT 0 CHECK (cost_fen >= 0),
+                queued_at       TEXT    NOT NULL,
+                started_at      TEXT,
+                generated_at    TEXT,
+                finished_at     TEXT
+            )
+            """,
+            "CREATE INDEX jobs_unfinished ON jobs(queued_at)"
+            " WHERE state IN ('queued', 'submitting', 'generated')",
+            "CREATE INDEX jobs_by_guild ON jobs(guild_id, queued_at)",
+            "CREATE INDEX jobs_by_requester ON jobs(requester, queued_at)",
+        ),
+    ),
+    Migration(
+        2,
+        "bookkeeping, guild settings and quota counters",
+        (
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            """
+            CREATE TABLE guild_settings (
+                guild_id      INTEGER PRIMARY KEY,
+                settings_json TEXT NOT NULL DEFAULT '{}',
+                updated_at    TEXT NOT NULL,
+                updated_by    INTEGER
+            )
+            """,
+            """
+            -- reserved-or-charged images (or fen) per subject and period, changed only by one
+            -- conditional UPSERT so concurrent requests can never overshoot a limit
+            CREATE TABLE quota_counters (
+                scope   TEXT    NOT NULL,   -- e.g. 'user_day', 'guild_month_fen'
+                subject TEXT    NOT NULL,   -- e.g. '<guild>:<user>' or '<guild>'
+                period  TEXT    NOT NULL,   -- e.g. '2026-11-25' or '2026-11'
+                used    INTEGER NOT NULL DEFAULT 0 CHECK (used >= 0),
+                PRIMARY KEY (scope, subject, period)
+            )
+            """,
+        ),
+    ),
+)
+
+LATEST_VERSION = max(m.version for m in MIGRATIONS)

@@ -1,0 +1,220 @@
+"""The SQLite store: a real file in a temp dir, migrations, serialized writes, job states."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bot.storage.db import Store
+from bot.storage.images import ImageStore
+from bot.storage.jobs import JobStore, NewJob, new_local_id
+from bot.storage.migrations import LATEST_VERSION, MIGRATIONS
+from bot.storage.reports import fen_to_cny, usage_summary
+
+
+def new_job(job_id: int, **kw) -> NewJob:
+    values = {
+        "id": job_id,
+        "requester": "cli",
+        "command": "cli",
+        "model": "qwen-image-plus",
+        "prompt": "A cute orange kitten",
+        "size": "1328*1328",
+        "negative_prompt": "",
+        "prompt_extend": True,
+        "watermark": True,
+    }
+    values.update(kw)
+    return NewJob(**values)
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    store = await Store.open(tmp_path / "nested" / "imagine.db")
+    yield store
+    await store.close()
+
+
+async def test_open_creates_the_folder_and_applies_every_migration(store: Store) -> None:
+    assert store.path.parent.is_dir()
+    assert await store.schema_version() == LATEST_VERSION
+    tables = {r["name"] for r in await store.fetch_all("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"jobs", "meta", "guild_settings", "quota_counters"} <= tables
+
+
+async def test_pragmas_are_set(store: Store) -> None:
+    assert (await store.fetch_one("PRAGMA journal_mode"))[0] == "wal"
+    assert (await store.fetch_one("PRAGMA foreign_keys"))[0] == 1
+    assert (await store.fetch_one("PRAGMA synchronous"))[0] == 2  # FULL
+    assert (await store.fetch_one("PRAGMA busy_timeout"))[0] == 5000
+
+
+async def test_an_old_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = await Store.open(path, migrations=MIGRATIONS[:1])
+    assert await old.schema_version() == 1
+    await JobStore(old).insert(new_job(1))
+    await old.close()
+
+    store = await Store.open(path)
+    try:
+        assert await store.schema_version() == LATEST_VERSION
+        assert (await JobStore(store).get(1)).prompt == "A cute orange kitten"
+        await store.set_meta("k", "v")
+        assert await store.get_meta("k") == "v"
+    finally:
+        await store.close()
+
+
+async def test_reopening_an_up_to_date_database_changes_nothing(tmp_path: Path) -> None:
+    for _ in range(2):
+        store = await Store.open(tmp_path / "x.db")
+        assert await store.schema_version() == LATEST_VERSION
+        await store.close()
+
+
+async def test_a_failing_migration_leaves_the_old_version(tmp_path: Path) -> None:
+    from bot.storage.migrations import Migration
+
+    broken = (*MIGRATIONS, Migration(LATEST_VERSION + 1, "broken", ("CREATE TABLE t (x)", "NOT SQL")))
+    with pytest.raises(sqlite3.OperationalError):
+        await Store.open(tmp_path / "x.db", migrations=broken)
+    store = await Store.open(tmp_path / "x.db")
+    try:
+        assert await store.schema_version() == LATEST_VERSION
+        assert await store.fetch_one("SELECT name FROM sqlite_master WHERE name = 't'") is None
+    finally:
+        await store.close()
+
+
+async def test_a_rollback_never_takes_another_coroutines_write_with_it(store: Store) -> None:
+    jobs = JobStore(store)
+
+    async def doomed() -> None:
+        async with store.transaction() as db:
+            await db.execute("INSERT INTO meta(key, value) VALUES ('doomed', 'x')")
+            await asyncio.sleep(0.01)  # others try to write meanwhile
+            raise RuntimeError("roll back")
+
+    async def insert(i: int) -> bool:
+        return await jobs.insert(new_job(i))
+
+    results = await asyncio.gather(doomed(), *(insert(i) for i in range(1, 201)), return_exceptions=True)
+    assert isinstance(results[0], RuntimeError)
+    assert all(r is True for r in results[1:])
+    assert (await store.fetch_one("SELECT COUNT(*) FROM jobs"))[0] == 200
+    assert await store.get_meta("doomed") is None
+
+
+async def test_reads_see_only_committed_rows(store: Store) -> None:
+    async with store.transaction() as db:
+        await db.execute("INSERT INTO meta(key, value) VALUES ('pending', 'x')")
+        assert await store.get_meta("pending") is None  # the reader connection does not see it yet
+    assert await store.get_meta("pending") == "x"
+
+
+async def test_replayed_insert_writes_nothing(store: Store) -> None:
+    jobs = JobStore(store)
+    assert await jobs.insert(new_job(7)) is True
+    assert await jobs.insert(new_job(7, prompt="something else")) is False
+    assert (await jobs.get(7)).prompt == "A cute orange kitten"
+
+
+async def test_job_goes_through_its_states_and_is_charged_on_delivery(store: Store) -> None:
+    jobs = JobStore(store)
+    await jobs.insert(new_job(1, inputs={"title": "Summer Sale"}))
+    job = await jobs.get(1)
+    assert (job.state, job.attempts, job.cost_fen, job.inputs) == ("queued", 0, 0, {"title": "Summer Sale"})
+    assert await jobs.mark_submitting(1)
+    assert await jobs.mark_generated(
+        1, request_id="req-1", image_url="https://x/y.png", revised_prompt="", upstream_fen=18
+    )
+    assert not await jobs.mark_submitting(1)  # never backwards
+    assert await jobs.set_image(1, "ab" * 32)
+    assert await jobs.mark_delivered(1, cost_fen=18)
+    job = await jobs.get(1)
+    assert (job.state, job.attempts, job.request_id, job.cost_fen, job.upstream_fen) == (
+        "delivered",
+        1,
+        "req-1",
+        18,
+        18,
+    )
+    assert job.finished and job.finished_at and job.started_at and job.generated_at
+    assert not await jobs.mark_failed(1, error_code="X", error_message="late")  # delivered stays delivered
+
+
+async def test_failure_is_never_charged_and_keeps_the_request_id(store: Store) -> None:
+    jobs = JobStore(store)
+    await jobs.insert(new_job(1))
+    await jobs.mark_submitting(1)
+    assert await jobs.mark_failed(1, error_code="ServerError", error_message="boom", request_id="req-9")
+    job = await jobs.get(1)
+    assert (job.state, job.cost_fen, job.error_code, job.request_id) == ("failed", 0, "ServerError", "req-9")
+
+
+async def test_requeue_after_429_does_not_count_the_attempt(store: Store) -> None:
+    jobs = JobStore(store)
+    await jobs.insert(new_job(1))
+    await jobs.mark_submitting(1)
+    assert await jobs.mark_queued_again(1)
+    job = await jobs.get(1)
+    assert (job.state, job.attempts) == ("queued", 0)
+
+
+async def test_unfinished_jobs_come_back_in_queue_order(store: Store) -> None:
+    jobs = JobStore(store)
+    for i in (3, 1, 2, 4):
+        await jobs.insert(new_job(i))
+        await asyncio.sleep(0.002)  # distinct queued_at
+    await jobs.mark_submitting(4)
+    await jobs.mark_failed(4, error_code="X", error_message="x")
+    assert [job.id for job in await jobs.unfinished()] == [3, 1, 2]
+
+
+async def test_money_is_integer_fen_in_reports(store: Store) -> None:
+    jobs = JobStore(store)
+    for i in range(1, 4):
+        await jobs.insert(new_job(i, requester="42" if i < 3 else "cli"))
+        await jobs.mark_submitting(i)
+        await jobs.mark_generated(i, request_id=None, image_url="u", revised_prompt="", upstream_fen=18)
+    await jobs.mark_delivered(1, cost_fen=18)
+    await jobs.mark_delivered(2, cost_fen=18)
+    await jobs.mark_failed(3, error_code="ImageUnavailable", error_message="404")
+    summary = await usage_summary(store)
+    assert (
+        summary.total.images,
+        summary.total.failures,
+        summary.total.cost_fen,
+        summary.total.upstream_fen,
+    ) == (
+        2,
+        1,
+        36,
+        54,
+    )
+    assert {row.key: row.images for row in summary.by_requester} == {"42": 2, "cli": 0}
+    assert fen_to_cny(36) == "0.36"
+    assert (await usage_summary(store, since="2999-01-01")).total.images == 0
+
+
+def test_local_ids_are_unique_and_snowflake_shaped() -> None:
+    ids = {new_local_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(1 << 50 < i < 1 << 63 for i in ids)
+
+
+async def test_image_store_round_trip_and_corruption(tmp_path: Path) -> None:
+    images = ImageStore(tmp_path / "cache")
+    sha = await images.put(b"\x89PNG\r\n\x1a\nabc")
+    assert await images.get(sha) == b"\x89PNG\r\n\x1a\nabc"
+    images.path_for(sha).write_bytes(b"torn")
+    assert await images.get(sha) is None  # corrupt reads as missing
+    assert await images.get("0" * 64) is None
+    sha = await images.put(b"again")
+    await images.delete(sha)
+    assert await images.get(sha) is None
+    assert not list((tmp_path / "cache").rglob(".tmp-*"))
