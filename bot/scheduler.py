@@ -1,0 +1,388 @@
+"""Fair dispatch of image jobs onto the shared upstream.
+
+The upstream is slow, paid and rate-limited account-wide, so the queue in front of it must be
+fair: guilds take turns (round-robin among guilds with waiting jobs), and inside a guild users
+take turns (round-robin among users with waiting jobs, each user's own jobs FIFO). A guild or
+user that appears goes to the back of the turn order, so a flood from one guild or one user
+delays everyone else by at most one job per turn.
+
+The dispatch loop acquires a limiter permit *before* choosing the job, so the choice is made
+at the moment the upstream can take it (late binding: positions stay accurate, and a job
+cancelled meanwhile costs nothing). A job refused with ``RateLimited`` goes back to the head
+of its user's queue and its user and guild become next in turn: the refusal was the
+upstream's doing, not the job's turn.
+
+Admission (``reserve``) is synchronous: no await between the checks and the reservation, so
+two interactions arriving together cannot both take the last slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+from bot.clock import Clock, wait_event
+from bot.imaging.errors import RateLimited
+from bot.limiter import Gate, Permit, UpstreamLimiter
+
+log = logging.getLogger("imagine.scheduler")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueItem:
+    job_id: int
+    guild_key: str
+    user_key: str
+    enqueued_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePosition:
+    guild_position: int  # 1-based among the guild's waiting jobs, in real dispatch order
+    global_position: int  # 1-based in the global dispatch order
+    eta_s: float  # estimated seconds until the job is dispatched
+
+
+@dataclass(frozen=True, eq=False)
+class Reservation:
+    """A slot held between admission and the durable write of the job (identity-compared)."""
+
+    guild_key: str
+    user_key: str
+    created_at: float
+
+
+RefusalReason = Literal["guild_queue_full", "user_pending", "too_long_wait"]
+
+
+class QueueRefusal(Exception):
+    def __init__(self, reason: RefusalReason, retry_after_s: float) -> None:
+        super().__init__(f"{reason} (retry in about {retry_after_s:.0f} s)")
+        self.reason = reason
+        self.retry_after_s = max(0.0, retry_after_s)
+
+
+@dataclass
+class _GuildQueue:
+    users: dict[str, deque[QueueItem]] = field(default_factory=dict)  # only users with waiting jobs
+    turns: deque[str] = field(default_factory=deque)  # the users' round-robin order
+
+
+@dataclass
+class _Running:
+    item: QueueItem
+    gate: Gate
+    task: asyncio.Task[None]
+    started_at: float
+
+
+def _round_robin(queues: Iterable[list[T]]) -> list[T]:
+    """Interleave: first element of each queue in turn, then the second of each, and so on."""
+    queues = list(queues)
+    out: list[T] = []
+    for r in range(max(map(len, queues), default=0)):
+        out.extend(q[r] for q in queues if r < len(q))
+    return out
+
+
+def _owner(item: QueueItem | Reservation) -> tuple[str, str]:
+    return item.guild_key, item.user_key
+
+
+Runner = Callable[[QueueItem, Gate], Awaitable[None]]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        limiter: UpstreamLimiter,
+        runner: Runner,
+        *,
+        clock: Clock | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self._limiter = limiter
+        self._runner = runner
+        self._clock = clock or limiter.clock
+        self._on_change = on_change
+        self._guilds: dict[str, _GuildQueue] = {}  # only guilds with waiting jobs
+        self._guild_turns: deque[str] = deque()
+        self._waiting: dict[int, QueueItem] = {}
+        self._running: dict[int, _Running] = {}
+        self._reservations: set[Reservation] = set()  # few, short-lived: counted by scanning
+        self._order: list[QueueItem] | None = None  # cached global dispatch order
+        self._index: dict[int, tuple[int, int]] = {}  # job_id -> (guild pos, global pos)
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- admission -------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        guild_key: str,
+        user_key: str,
+        *,
+        guild_queue_max: int,
+        user_pending_max: int,
+        deadline_s: float | None,
+    ) -> Reservation:
+        """Check every limit and hold a slot, atomically (no await); raise ``QueueRefusal``."""
+        reserved = sum(1 for r in self._reservations if r.guild_key == guild_key)
+        if self.waiting_count(guild_key) + reserved >= guild_queue_max:
+            head = self.waiting(guild_key)[:1]
+            wait = self._eta(head[0].job_id) if head else self._seconds_per_start()
+            raise QueueRefusal("guild_queue_full", wait)
+        if self.pending_count(guild_key, user_key) >= user_pending_max:
+            raise QueueRefusal("user_pending", self._user_retry_after(guild_key, user_key))
+        if deadline_s is not None:
+            finish = self.estimate_wait(self._prospective_position(guild_key, user_key))
+            finish += self._limiter.avg_hold_s
+            if finish > deadline_s:
+                raise QueueRefusal("too_long_wait", finish - deadline_s)
+        reservation = Reservation(guild_key, user_key, self._clock.now())
+        self._reservations.add(reservation)
+        return reservation
+
+    def activate(self, reservation: Reservation, job_id: int) -> QueueItem:
+        """Turn a reservation into a waiting job (after the job was written durably)."""
+        if reservation not in self._reservations:
+            raise ValueError("reservation is not active (cancelled or already activated)")
+        self.cancel(reservation)
+        item = QueueItem(job_id, reservation.guild_key, reservation.user_key, self._clock.now())
+        self.enqueue(item)
+        return item
+
+    def cancel(self, reservation: Reservation) -> None:
+        self._reservations.discard(reservation)
+
+    def enqueue(self, item: QueueItem, front: bool = False) -> None:
+        """Add a job without admission checks (also used to restore jobs after a restart).
+
+        ``front=True`` puts it at the head of its user's queue and makes that user and guild
+        next in turn.
+        """
+        if item.job_id in self._waiting or item.job_id in self._running:
+            raise ValueError(f"job {item.job_id} is already queued or running")
+        self._push(item, front)
+        self._changed()
+
+    def remove(self, job_id: int) -> QueueItem | None:
+        """Take a waiting job out of the queue (e.g. the user cancelled it)."""
+        item = self._waiting.get(job_id)
+        if item is not None:
+            self._discard(item)
+            self._changed()
+        return item
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def waiting(self, guild_key: str | None = None) -> list[QueueItem]:
+        """Waiting jobs in the order they will be dispatched (of one guild, or all)."""
+        order = self._dispatch_order()
+        return order if guild_key is None else [i for i in order if i.guild_key == guild_key]
+
+    def running(self, guild_key: str) -> list[QueueItem]:
+        return [r.item for r in self._running.values() if r.item.guild_key == guild_key]
+
+    def waiting_count(self, guild_key: str) -> int:
+        """Jobs waiting in the guild's queue (reservations not included)."""
+        gq = self._guilds.get(guild_key)
+        return sum(map(len, gq.users.values())) if gq else 0
+
+    def pending_count(self, guild_key: str, user_key: str) -> int:
+        """The user's jobs in this guild: waiting + running + reserved."""
+        gq = self._guilds.get(guild_key)
+        waiting = len(gq.users.get(user_key, ())) if gq else 0
+        running = sum(1 for r in self._running.values() if _owner(r.item) == (guild_key, user_key))
+        reserved = sum(1 for r in self._reservations if _owner(r) == (guild_key, user_key))
+        return waiting + running + reserved
+
+    def position(self, job_id: int) -> QueuePosition | None:
+        self._dispatch_order()
+        if job_id not in self._index:
+            return None
+        guild_pos, global_pos = self._index[job_id]
+        return QueuePosition(guild_pos, global_pos, self.estimate_wait(global_pos))
+
+    def positions(self) -> dict[int, QueuePosition]:
+        """Every waiting job's position at once (one pass, for broadcasting updates)."""
+        self._dispatch_order()
+        base = self._limiter.delay_until_ready()
+        step = self._seconds_per_start()
+        return {j: QueuePosition(g, p, base + (p - 1) * step) for j, (g, p) in self._index.items()}
+
+    def estimate_wait(self, global_position: int) -> float:
+        """Seconds until the job at this position is dispatched, from the limiter's throughput."""
+        return self._limiter.delay_until_ready() + max(0, global_position - 1) * self._seconds_per_start()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None and not self._stopping:
+            self._task = asyncio.get_running_loop().create_task(self._dispatch_loop(), name="dispatch")
+
+    async def stop(self, grace_s: float) -> list[QueueItem]:
+        """Stop dispatching; give running jobs ``grace_s`` to end, cancel the rest.
+
+        Returns the jobs still waiting, in dispatch order (they remain durable elsewhere).
+        """
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._running:
+            await wait_event(self._idle, grace_s, self._clock)
+        tasks = [r.task for r in self._running.values()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            log.warning("cancelled %d running job(s) at shutdown", len(tasks))
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return self.waiting()
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            while not self._guild_turns:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            permit = await self._limiter.acquire()
+            item = self._pop_next()
+            if item is None:  # the job was removed while we waited for the upstream
+                permit.release(used=False)
+                continue
+            self._launch(item, permit)
+            self._changed()
+
+    def _launch(self, item: QueueItem, permit: Permit) -> None:
+        gate = self._limiter.gate(first_permit=permit)
+        task = asyncio.get_running_loop().create_task(self._runner(item, gate), name=f"job-{item.job_id}")
+        self._running[item.job_id] = _Running(item, gate, task, self._clock.now())
+        self._idle.clear()
+        # A done-callback (not a wrapper coroutine) also runs for a task cancelled before it started.
+        task.add_done_callback(lambda t: self._finished(item.job_id, t))
+
+    def _finished(self, job_id: int, task: asyncio.Task[None]) -> None:
+        run = self._running.pop(job_id)
+        run.gate.close()
+        exc = None if task.cancelled() else task.exception()
+        if isinstance(exc, RateLimited):
+            if not run.gate.rate_limited:  # it did not pass through the gate: pause here
+                self._limiter.pause_for(exc)
+            log.info("job %d rate-limited; back to the head of the queue", job_id)
+            self._push(run.item, front=True)
+            self._changed()
+        elif exc is not None:
+            log.error("job %d failed", job_id, exc_info=exc)
+        if not self._running:
+            self._idle.set()
+
+    def _push(self, item: QueueItem, front: bool) -> None:
+        g, u = item.guild_key, item.user_key
+        gq = self._guilds.get(g)
+        if gq is None:
+            gq = self._guilds[g] = _GuildQueue()
+            self._guild_turns.append(g)
+        if u not in gq.users:
+            gq.users[u] = deque()
+            gq.turns.append(u)
+        if front:
+            gq.users[u].appendleft(item)
+            gq.turns.remove(u)
+            gq.turns.appendleft(u)
+            self._guild_turns.remove(g)
+            self._guild_turns.appendleft(g)
+        else:
+            gq.users[u].append(item)
+        self._waiting[item.job_id] = item
+        self._wakeup.set()
+
+    def _pop_next(self) -> QueueItem | None:
+        """The next job in fair order; its user and guild go to the back of their turns."""
+        if not self._guild_turns:
+            return None
+        gq = self._guilds[self._guild_turns[0]]
+        item = gq.users[gq.turns[0]][0]
+        self._guild_turns.rotate(-1)
+        gq.turns.rotate(-1)
+        self._discard(item)
+        return item
+
+    def _discard(self, item: QueueItem) -> None:
+        """Take a waiting item out; a user or guild left with nothing leaves the turn order."""
+        del self._waiting[item.job_id]
+        g, u = item.guild_key, item.user_key
+        gq = self._guilds[g]
+        gq.users[u].remove(item)
+        if not gq.users[u]:
+            del gq.users[u]
+            gq.turns.remove(u)
+        if not gq.users:
+            del self._guilds[g]
+            self._guild_turns.remove(g)
+
+    def _changed(self) -> None:
+        self._order = None
+        if self._on_change is not None:
+            try:
+                self._on_change()
+            except Exception:
+                log.exception("on_change observer failed")
+
+    def _guild_sequence(self, g: str, extra_user: str | None = None) -> list[QueueItem | None]:
+        """The guild's waiting jobs in dispatch order; ``None`` marks a hypothetical new job."""
+        gq = self._guilds.get(g) or _GuildQueue()
+        queues: list[list[QueueItem | None]] = [list(gq.users[u]) for u in gq.turns]
+        if extra_user is not None:
+            if extra_user in gq.users:
+                queues[list(gq.turns).index(extra_user)].append(None)
+            else:
+                queues.append([None])
+        return _round_robin(queues)
+
+    def _dispatch_order(self) -> list[QueueItem]:
+        if self._order is None:
+            seqs = [self._guild_sequence(g) for g in self._guild_turns]
+            in_guild = {it.job_id: n for seq in seqs for n, it in enumerate(seq, 1) if it is not None}
+            self._order = [it for it in _round_robin(seqs) if it is not None]
+            self._index = {it.job_id: (in_guild[it.job_id], n) for n, it in enumerate(self._order, 1)}
+        return self._order
+
+    def _prospective_position(self, guild_key: str, user_key: str) -> int:
+        """The global position a new job of this user would get if it were enqueued now."""
+        turns = list(self._guild_turns)
+        if guild_key not in turns:
+            turns.append(guild_key)
+        seqs = [self._guild_sequence(g, user_key if g == guild_key else None) for g in turns]
+        return _round_robin(seqs).index(None) + 1
+
+    def _seconds_per_start(self) -> float:
+        lim = self._limiter
+        return max(60.0 / lim.rpm, lim.avg_hold_s / lim.concurrency)
+
+    def _eta(self, job_id: int) -> float:
+        pos = self.position(job_id)
+        return pos.eta_s if pos else 0.0
+
+    def _user_retry_after(self, guild_key: str, user_key: str) -> float:
+        """When the user's first pending job should be done, i.e. a slot frees."""
+        now, hold = self._clock.now(), self._limiter.avg_hold_s
+        guesses = [
+            max(0.0, r.started_at + hold - now)
+            for r in self._running.values()
+            if _owner(r.item) == (guild_key, user_key)
+        ]
+        mine = [i for i in self.waiting(guild_key) if i.user_key == user_key]
+        if mine:
+            guesses.append(self._eta(mine[0].job_id) + hold)
+        return min(guesses, default=hold)

@@ -1,0 +1,339 @@
+"""The fair scheduler on a fake clock: turn order, requeue on 429, admission, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from bot.imaging.errors import RateLimited
+from bot.limiter import Gate, UpstreamLimiter
+from bot.scheduler import QueueItem, QueuePosition, QueueRefusal, Scheduler
+from tests.clocks import FakeClock
+
+
+class Harness:
+    """A scheduler whose runner holds its permit for ``hold`` fake seconds per job."""
+
+    def __init__(self, concurrency: int = 1, rpm: int = 6000, hold: float = 1.0, **limiter_kw) -> None:
+        self.clock = FakeClock()
+        self.limiter = UpstreamLimiter(concurrency, rpm, self.clock, **limiter_kw)
+        self.hold = hold
+        self.started: list[QueueItem] = []
+        self.finished: list[int] = []
+        self.cancelled: list[int] = []
+        self.in_flight = self.max_in_flight = 0
+        self.changes = 0
+        #: per job id, replaces the default body of one run (popped, so it applies once)
+        self.once: dict[int, Callable[[], Awaitable[None]]] = {}
+        self.scheduler = Scheduler(self.limiter, self.run, clock=self.clock, on_change=self.changed)
+        self._ids = iter(range(1, 10**6))
+
+    def changed(self) -> None:
+        self.changes += 1
+
+    async def run(self, item: QueueItem, gate: Gate) -> None:
+        self.started.append(item)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            async with gate.attempt():
+                body = self.once.pop(item.job_id, None)
+                await (body() if body else self.clock.sleep(self.hold))
+            self.finished.append(item.job_id)
+        except asyncio.CancelledError:
+            self.cancelled.append(item.job_id)
+            raise
+        finally:
+            self.in_flight -= 1
+
+    def add(self, guild: str, user: str, front: bool = False) -> QueueItem:
+        item = QueueItem(next(self._ids), guild, user, self.clock.now())
+        self.scheduler.enqueue(item, front=front)
+        return item
+
+    def order(self) -> list[int]:
+        return [i.job_id for i in self.started]
+
+    async def run_all(self, n: int) -> None:
+        await self.clock.run_until(lambda: len(self.finished) >= n)
+
+
+async def test_guilds_take_turns():
+    h = Harness()
+    h.scheduler.start()
+    for u in range(10):
+        h.add("A", f"a{u}")
+    await h.clock.settle()  # the dispatcher already took A's first job
+    b = h.add("B", "b")
+    await h.run_all(11)
+    assert h.order().index(b.job_id) <= 2  # 2nd or, at worst, 3rd
+
+
+async def test_users_take_turns_within_a_guild():
+    h = Harness()
+    jobs = [h.add("G", "u1") for _ in range(4)] + [h.add("G", "u2") for _ in range(2)] + [h.add("G", "u3")]
+    h.scheduler.start()
+    await h.run_all(7)
+    assert [i.user_key for i in h.started] == ["u1", "u2", "u3", "u1", "u2", "u1", "u1"]
+    assert sorted(h.order()) == [j.job_id for j in jobs]
+
+
+async def test_rate_limited_job_goes_back_to_the_head_and_is_not_counted():
+    h = Harness()
+    first, later = h.add("A", "a1"), h.add("A", "a1")
+    other_user, other_guild = h.add("A", "a2"), h.add("B", "b")
+
+    async def refused() -> None:
+        raise RateLimited("429", retry_after=30.0)
+
+    h.once[first.job_id] = refused
+    h.scheduler.start()
+    await h.run_all(4)
+    assert h.order() == [first.job_id, first.job_id, other_guild.job_id, other_user.job_id, later.job_id]
+    assert h.started[1] is first  # the same item, requeued as it was
+    assert h.limiter.starts_in_last_minute() == 5
+
+
+async def test_rate_limited_retry_waits_for_the_pause():
+    h = Harness()
+    job = h.add("A", "a")
+    starts: list[float] = []
+
+    async def refused() -> None:
+        starts.append(h.clock.now())
+        raise RateLimited("429", retry_after=30.0)
+
+    h.once[job.job_id] = refused
+    h.scheduler.start()
+    await h.run_all(1)
+    assert len(h.started) == 2
+    assert h.limiter.starts_in_last_minute() == 2
+    assert h.clock.now() - starts[0] >= 30.0 + h.hold
+
+
+async def test_rate_limited_outside_the_gate_still_pauses():
+    h = Harness()
+
+    async def runner(item: QueueItem, gate: Gate) -> None:
+        h.started.append(item)
+        if len(h.started) == 1:
+            raise RateLimited("429 seen by a retry loop that gave up")
+
+    h.scheduler = Scheduler(h.limiter, runner, clock=h.clock)
+    job = h.add("A", "a")
+    h.scheduler.start()
+    await h.clock.settle()
+    assert h.limiter.pause_remaining() == pytest.approx(h.limiter.default_pause_s)
+    await h.clock.run_until(lambda: len(h.started) == 2)
+    assert h.started == [job, job]
+
+
+async def test_runner_errors_are_logged_and_dropped(caplog):
+    h = Harness()
+    bad, good = h.add("A", "a"), h.add("A", "a")
+
+    async def boom() -> None:
+        raise ValueError("bug")
+
+    h.once[bad.job_id] = boom
+    h.scheduler.start()
+    with caplog.at_level(logging.ERROR, logger="imagine.scheduler"):
+        await h.run_all(1)
+    assert h.order() == [bad.job_id, good.job_id]
+    assert any(r.exc_info and r.exc_info[0] is ValueError for r in caplog.records)
+    assert h.scheduler.pending_count("A", "a") == 0
+
+
+def admit(h: Harness, guild: str, user: str, **kw):
+    limits = {"guild_queue_max": 100, "user_pending_max": 100, "deadline_s": None} | kw
+    return h.scheduler.reserve(guild, user, **limits)
+
+
+async def test_refuses_a_full_guild_queue_counting_reservations():
+    h = Harness()
+    first = admit(h, "A", "u1", guild_queue_max=2)
+    admit(h, "A", "u2", guild_queue_max=2)
+    with pytest.raises(QueueRefusal) as refused:
+        admit(h, "A", "u3", guild_queue_max=2)
+    assert refused.value.reason == "guild_queue_full" and refused.value.retry_after_s > 0
+    admit(h, "B", "u3", guild_queue_max=2)  # other guilds are not affected
+    h.scheduler.cancel(first)
+    h.scheduler.cancel(first)  # idempotent
+    third = admit(h, "A", "u3", guild_queue_max=2)
+    h.scheduler.activate(third, job_id=42)
+    assert h.scheduler.waiting_count("A") == 1
+    with pytest.raises(QueueRefusal, match="guild_queue_full"):
+        admit(h, "A", "u4", guild_queue_max=2)
+    with pytest.raises(ValueError):
+        h.scheduler.activate(third, job_id=43)
+
+
+async def test_refuses_a_user_with_too_many_pending_jobs():
+    h = Harness()
+    reservation = admit(h, "A", "u", user_pending_max=1)
+    with pytest.raises(QueueRefusal) as refused:
+        admit(h, "A", "u", user_pending_max=1)
+    assert refused.value.reason == "user_pending"
+    h.scheduler.activate(reservation, job_id=1)
+    with pytest.raises(QueueRefusal, match="user_pending"):  # waiting counts
+        admit(h, "A", "u", user_pending_max=1)
+    h.scheduler.start()
+    await h.clock.settle()
+    assert h.scheduler.running("A")[0].job_id == 1
+    with pytest.raises(QueueRefusal, match="user_pending"):  # running counts
+        admit(h, "A", "u", user_pending_max=1)
+    await h.run_all(1)
+    assert h.scheduler.pending_count("A", "u") == 0
+    admit(h, "A", "u", user_pending_max=1)
+
+
+async def test_refuses_a_job_that_would_finish_too_late_using_the_real_order():
+    h = Harness(concurrency=1, rpm=60, expected_hold_s=10.0)
+    for u in range(5):
+        h.add("A", f"a{u}")
+    # Behind five jobs, a new job in guild A would finish in about 6 × 10 s...
+    with pytest.raises(QueueRefusal) as refused:
+        admit(h, "A", "late", deadline_s=30.0)
+    assert refused.value.reason == "too_long_wait"
+    assert refused.value.retry_after_s == pytest.approx(60.0 - 30.0)
+    # ...but guild B's first job goes second (guilds take turns): done in about 20 s.
+    admit(h, "B", "b", deadline_s=30.0)
+
+
+async def test_positions_follow_the_dispatch_order_and_update():
+    h = Harness(concurrency=1, expected_hold_s=10.0)
+    a1, a2, a3 = (h.add("A", "u1") for _ in range(3))
+    a4 = h.add("A", "u2")
+    b = h.add("B", "b")
+    order = [a1, b, a4, a2, a3]
+    assert h.scheduler.waiting() == order
+    assert h.scheduler.waiting("A") == [a1, a4, a2, a3]
+    assert h.scheduler.position(a2.job_id) == QueuePosition(3, 4, pytest.approx(30.0))
+    assert {j: p.global_position for j, p in h.scheduler.positions().items()} == {
+        i.job_id: n for n, i in enumerate(order, 1)
+    }
+    h.scheduler.start()
+    await h.clock.settle()
+    assert h.scheduler.running("A") == [a1]
+    assert h.scheduler.position(a1.job_id) is None
+    assert h.scheduler.position(b.job_id).global_position == 1
+    # a1 holds the only slot for about 10 s more, then b and a4 go first: 30 s.
+    assert h.scheduler.position(a2.job_id) == QueuePosition(2, 3, pytest.approx(30.0))
+
+
+async def test_on_change_is_called_and_observer_errors_are_contained(caplog):
+    h = Harness()
+    h.add("A", "a")
+    assert h.changes == 1
+    h.scheduler.start()
+    await h.run_all(1)
+    assert h.changes == 2  # enqueue + dispatch
+
+    def broken() -> None:
+        raise RuntimeError("observer bug")
+
+    h.scheduler._on_change = broken
+    with caplog.at_level(logging.ERROR, logger="imagine.scheduler"):
+        h.add("A", "a")
+        await h.run_all(2)
+    assert "observer" in caplog.text
+
+
+async def test_stop_waits_within_grace_cancels_the_rest_and_returns_waiting():
+    h = Harness(concurrency=2)
+    quick, slow = h.add("A", "a"), h.add("B", "b")
+    rest = [h.add("C", "c"), h.add("A", "a")]
+
+    async def sleep(seconds: float) -> None:
+        await h.clock.sleep(seconds)
+
+    h.once[quick.job_id] = lambda: sleep(5.0)
+    h.once[slow.job_id] = lambda: sleep(100.0)
+    h.scheduler.start()
+    await h.clock.settle()
+    t0 = h.clock.now()
+    stopping = asyncio.create_task(h.scheduler.stop(grace_s=10.0))
+    await h.clock.run_until(stopping.done)
+    assert h.clock.now() - t0 == pytest.approx(10.0)
+    assert stopping.result() == rest
+    assert h.finished == [quick.job_id] and h.cancelled == [slow.job_id]
+    assert h.scheduler.running("B") == [] and h.limiter.in_flight == 0
+
+
+async def test_stop_returns_as_soon_as_running_jobs_end():
+    h = Harness(hold=3.0)
+    h.add("A", "a")
+    h.scheduler.start()
+    await h.clock.settle()
+    t0 = h.clock.now()
+    stopping = asyncio.create_task(h.scheduler.stop(grace_s=60.0))
+    await h.clock.run_until(stopping.done)
+    assert h.clock.now() - t0 == pytest.approx(3.0)
+    assert stopping.result() == [] and h.cancelled == []
+
+
+async def test_concurrency_is_respected_with_slow_jobs():
+    h = Harness(concurrency=3, hold=20.0)
+    for n in range(10):
+        h.add(f"g{n % 4}", f"u{n}")
+    h.scheduler.start()
+    await h.run_all(10)
+    assert h.max_in_flight == 3
+
+
+async def test_removed_job_does_not_spend_a_window_slot():
+    h = Harness()
+    running, removed = h.add("A", "a"), h.add("A", "a")
+    h.scheduler.start()
+    await h.clock.settle()  # the dispatcher now waits for a permit on behalf of `removed`
+    assert h.scheduler.remove(removed.job_id) == removed
+    assert h.scheduler.remove(removed.job_id) is None
+    await h.run_all(1)
+    await h.clock.settle()
+    assert h.order() == [running.job_id]
+    assert h.limiter.starts_in_last_minute() == 1 and h.limiter.in_flight == 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_no_guild_waits_more_than_one_round(seed: int):
+    """Random arrivals: between two turns of a waiting guild, no other guild gets two turns.
+
+    So a guild with waiting jobs waits at most (number of active guilds - 1) dispatches.
+    """
+    rng = random.Random(seed)
+    h = Harness(concurrency=1, hold=1.0)
+    waiting: Counter[str] = Counter()
+    served_since: dict[str, Counter[str]] = {}  # per waiting guild: turns others got since its own
+
+    def observe_dispatches(upto: int) -> None:
+        while observe_dispatches.seen < upto:
+            g = h.started[observe_dispatches.seen].guild_key
+            observe_dispatches.seen += 1
+            active = [k for k, v in waiting.items() if v > 0]
+            for other in active:
+                if other != g:
+                    assert served_since[other][g] == 0, f"{g} served twice while {other} waited"
+                    served_since[other][g] += 1
+            waiting[g] -= 1
+            served_since[g] = Counter()
+
+    observe_dispatches.seen = 0
+    h.scheduler.start()
+    for _ in range(150):
+        for _ in range(rng.choice([0, 0, 1, 1, 2, 4])):
+            g = f"g{rng.randrange(6)}"
+            if waiting[g] == 0:
+                served_since[g] = Counter()
+            waiting[g] += 1
+            h.add(g, f"u{rng.randrange(4)}")
+        await h.clock.settle()
+        observe_dispatches(len(h.started))
+        await h.clock.advance(h.hold)
+        observe_dispatches(len(h.started))
+    observe_dispatches(len(h.started))
+    assert len(h.started) > 100
