@@ -1,0 +1,156 @@
+"""`imagine-bot` (and `python -m bot`): run the bot, generate from the terminal, read the ledger.
+
+Exit codes of `generate`: 0 ok, 2 invalid input (nothing sent), 3 refused by the provider
+(400/401/403/content), 4 failed after retries (429/5xx/network/malformed), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bot import __version__, messages
+from bot.config import Settings, load_settings
+from bot.errors import ConfigError, ImagineError
+from bot.logsetup import configure_logging
+from bot.presets import SIZES, STYLES
+from bot.storage.reports import UsageRow, fen_to_cny
+
+log = logging.getLogger("imagine.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagine-bot", description="Slash commands in, images out.")
+    parser.add_argument("--version", action="version", version=f"imagine-bot {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    commands.add_parser("run", help="start the Discord bot (the default)")
+
+    generate = commands.add_parser("generate", help="generate one image from the terminal")
+    generate.add_argument("prompt", help="what to draw (quote it)")
+    generate.add_argument("--style", choices=list(STYLES), help="a named scenario (default: rapid)")
+    generate.add_argument("--size", help="WIDTH*HEIGHT: " + ", ".join(s.value for s in SIZES))
+    generate.add_argument("--negative", metavar="TEXT", help="what to keep out of the image")
+    generate.add_argument(
+        "--no-extend", action="store_true", help="do not let the provider rewrite the prompt"
+    )
+    generate.add_argument("--no-watermark", action="store_true", help="ask for no provider watermark")
+    generate.add_argument("-o", "--output", type=Path, help="file to write (default: imagine-<job id>.<ext>)")
+
+    usage = commands.add_parser("usage", help="summarise images, cost and failures from the store")
+    usage.add_argument(
+        "--since", metavar="DATE", help="only jobs queued on or after this date (YYYY-MM-DD, UTC)"
+    )
+    usage.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command or "run"
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"imagine-bot: {exc.message}", file=sys.stderr)
+        return 2
+    secrets = [
+        s.get_secret_value() for s in (settings.nebula_api_key, settings.discord_token) if s is not None
+    ]
+    configure_logging(settings.log_level if command == "run" else "WARNING", secrets)
+    try:
+        if command == "run":
+            return _run_bot(settings)
+        if command == "generate":
+            return asyncio.run(_generate(settings, args))
+        if command == "usage":
+            return asyncio.run(_usage(settings, args))
+    except ConfigError as exc:
+        print(f"imagine-bot: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {command}")
+
+
+def _run_bot(settings: Settings) -> int:
+    print(
+        "imagine-bot: the Discord bot is not built yet (it arrives with the next issue).\n"
+        'Meanwhile try: imagine-bot generate "A cute orange kitten"',
+        file=sys.stderr,
+    )
+    return 1
+
+
+async def _generate(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.cli_generate import generate_once  # keeps `--help` and `usage` light
+
+    return await generate_once(settings, args)
+
+
+async def _usage(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.storage.db import Store
+    from bot.storage.reports import usage_summary
+
+    if not settings.database_path.exists():
+        print(f"No database yet at {settings.database_path}: nothing has been generated.")
+        return 0
+    store = await Store.open(settings.database_path)
+    try:
+        summary = await usage_summary(store, since=args.since)
+    finally:
+        await store.close()
+    sections = [("total", [summary.total]), ("day", summary.by_day), ("requester", summary.by_requester)]
+    if args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["section", "key", "images", "failures", "cost_cny", "upstream_cny"])
+        for name, rows in sections:
+            for row in rows:
+                writer.writerow(
+                    [
+                        name,
+                        row.key,
+                        row.images,
+                        row.failures,
+                        fen_to_cny(row.cost_fen),
+                        fen_to_cny(row.upstream_fen),
+                    ]
+                )
+        return 0
+    for name, rows in sections:
+        print(_table(name, rows))
+    return 0
+
+
+def _table(title: str, rows: list[UsageRow]) -> str:
+    label = title if title == "total" else f"by {title}"
+    header = f"{label:<22}{'images':>8}{'failures':>10}{'cost ¥':>10}{'upstream ¥':>12}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        lines.append(
+            f"{row.key:<22}{row.images:>8}{row.failures:>10}{fen_to_cny(row.cost_fen):>10}"
+            f"{fen_to_cny(row.upstream_fen):>12}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line a person understands, plus what the operator can quote to support."""
+    line = messages.describe(error)
+    detail = getattr(error, "message", None)
+    request_id = getattr(error, "request_id", None)
+    extras = [f"{type(error).__name__}: {detail}" if detail and detail not in line else type(error).__name__]
+    if request_id:
+        extras.append(f"request id {request_id}")
+    hint = messages.operator_hint(error)
+    if hint:
+        extras.append(hint)
+    return f"{line} ({'; '.join(extras)})"
+
+
+def exit_code_for(error: BaseException) -> int:
+    return error.exit_code if isinstance(error, ImagineError) else 1

@@ -1,0 +1,124 @@
+"""`imagine-bot generate`: one image through the same pipeline as the bot, written to a file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from bot.cli import describe_failure, exit_code_for
+from bot.config import Settings
+from bot.errors import ImagineError
+from bot.imaging.download import DownloadedImage
+from bot.pipeline import Pipeline
+from bot.presets import size_label
+from bot.requests import RequestBuilder
+from bot.scheduler import QueuePosition
+from bot.service import Requester
+from bot.storage.jobs import Job
+from bot.storage.reports import fen_to_cny
+
+
+class FileDelivery:
+    """The CLI's `Delivery`: progress on stderr, the image into a file."""
+
+    def __init__(self, output: Path | None, progress: Progress) -> None:
+        self._output = output
+        self._progress = progress
+        self.written: Path | None = None
+        self.written_bytes = 0
+        self.error: BaseException | None = None
+
+    async def queued(self, job_id: int, position: QueuePosition) -> None:
+        self._progress.status(f"queued (#{position.global_position})")
+
+    async def started(self, job: Job) -> None:
+        self._progress.status("generating")
+
+    async def deliver(self, job: Job, image: DownloadedImage) -> None:
+        path = self._output or Path(f"imagine-{job.id}.{image.extension}")
+        await asyncio.to_thread(_write_file, path, image.data)
+        self.written = path
+        self.written_bytes = len(image.data)
+
+    async def failed(self, job: Job, error: BaseException) -> None:
+        self.error = error
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+class Progress:
+    """A spinner with elapsed time on a TTY; silent otherwise (logs and pipes stay clean)."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self._stream = stream
+        self._enabled = stream.isatty()
+        self._text = "starting"
+        self._task: asyncio.Task[None] | None = None
+        self._started = time.monotonic()
+
+    def status(self, text: str) -> None:
+        self._text = text
+
+    def __enter__(self) -> Progress:
+        if self._enabled:
+            self._task = asyncio.get_running_loop().create_task(self._spin())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._stream.write("\r\033[K")
+            self._stream.flush()
+
+    async def _spin(self) -> None:
+        for frame in itertools.cycle("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"):
+            elapsed = time.monotonic() - self._started
+            self._stream.write(f"\r\033[K{frame} {self._text}… {elapsed:4.1f} s")
+            self._stream.flush()
+            await asyncio.sleep(0.1)
+
+
+async def generate_once(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        request = RequestBuilder(settings).imagine(
+            args.prompt,
+            size=args.size,
+            style=args.style,
+            negative_prompt=args.negative,
+            prompt_extend=False if args.no_extend else None,
+            watermark=False if args.no_watermark else None,
+            command="cli",
+        )
+    except ImagineError as exc:  # invalid input: refused before anything is sent
+        print(f"imagine-bot: {describe_failure(exc)}", file=sys.stderr)
+        return exit_code_for(exc)
+
+    progress = Progress()
+    delivery = FileDelivery(args.output, progress)
+    pipeline = await Pipeline.open(settings, delivery, max_requeues=0)
+    try:
+        await pipeline.service.start()
+        with progress:
+            ticket = await pipeline.service.submit(request, Requester("cli"))
+            job = await pipeline.service.wait(ticket.job_id)
+    finally:
+        await pipeline.close(grace_s=5)
+
+    if job.state != "delivered" or delivery.written is None:
+        error = delivery.error or ImagineError(job.error_message or "the job did not finish")
+        print(f"imagine-bot: {describe_failure(error)}", file=sys.stderr)
+        return exit_code_for(error)
+    print(f"wrote {delivery.written}")
+    print(f"size: {size_label(job.size)}; bytes: {delivery.written_bytes:,}")
+    print(f"cost: ¥{fen_to_cny(job.cost_fen)}; request id: {job.request_id or '-'}; job id: {job.id}")
+    if job.revised_prompt:
+        print(f"revised prompt: {job.revised_prompt}")
+    return 0

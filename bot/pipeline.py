@@ -1,0 +1,94 @@
+"""Build (and close) everything below the Discord line from the settings, in one place.
+
+The CLI and the Discord bot both call `Pipeline.open`, so they run the very same store, HTTP
+client, image client, limiter and service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from bot.clock import Clock, SystemClock
+from bot.config import Settings
+from bot.imaging.client import ImageClient
+from bot.imaging.download import ImageFetcher
+from bot.imaging.retry import RetryPolicy
+from bot.limiter import UpstreamLimiter
+from bot.service import Delivery, GenerationService
+from bot.storage.db import Store
+from bot.storage.images import ImageStore
+from bot.storage.jobs import JobStore
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    store: Store
+    http: httpx.AsyncClient
+    service: GenerationService
+
+    @property
+    def jobs(self) -> JobStore:
+        return self.service.jobs
+
+    @classmethod
+    async def open(
+        cls, settings: Settings, delivery: Delivery, *, clock: Clock | None = None, max_requeues: int = 5
+    ) -> Pipeline:
+        settings.require("NEBULA_API_KEY")
+        clock = clock or SystemClock()
+        store = await Store.open(settings.database_path)
+        # One HTTP client for the process (connection reuse); timeouts are set per call.
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, connect=10.0),
+            limits=httpx.Limits(max_connections=50, max_keepalive_connections=10),
+            headers={"User-Agent": "imagine-bot"},
+            follow_redirects=False,
+        )
+        try:
+            assert settings.nebula_api_key is not None  # checked by require() above
+            client = ImageClient(
+                http,
+                base_url=settings.nebula_base_url,
+                api_key=settings.nebula_api_key,
+                timeout_s=settings.upstream_timeout_s,
+                policy=RetryPolicy(
+                    max_retries=settings.upstream_max_retries,
+                    retry_after_cap_s=settings.upstream_retry_after_cap_s,
+                ),
+                shape=settings.image_request_shape,
+            )
+            fetcher = ImageFetcher(
+                http,
+                allowlist=settings.image_host_allowlist,
+                gateway_url=settings.nebula_base_url,
+                max_bytes=settings.image_max_bytes,
+            )
+            limiter = UpstreamLimiter(
+                concurrency=settings.upstream_concurrency, rpm=settings.upstream_rpm, clock=clock
+            )
+            service = GenerationService(
+                settings=settings,
+                jobs=JobStore(store),
+                images=ImageStore(settings.cache_dir),
+                client=client,
+                fetcher=fetcher,
+                limiter=limiter,
+                delivery=delivery,
+                clock=clock,
+                max_requeues=max_requeues,
+            )
+        except BaseException:
+            await http.aclose()
+            await store.close()
+            raise
+        return cls(settings=settings, store=store, http=http, service=service)
+
+    async def close(self, grace_s: float | None = None) -> None:
+        try:
+            await self.service.stop(grace_s)
+        finally:
+            await self.http.aclose()
+            await self.store.close()

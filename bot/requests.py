@@ -1,0 +1,104 @@
+"""Turning what a user typed into a validated generation request (pure, before any money is spent).
+
+Used by the slash commands and the CLI alike, so both refuse the same input with the same words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot import presets
+from bot.config import Settings
+from bot.presets import ImageParams
+
+POSTER_DEFAULT_STYLE = "poster"  # 928*1664, as the spec's poster scenario
+COUPLET_STYLE = "couplet"  # 1140*1472, as the spec's couplet scenario
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    command: str  # imagine | poster | couplet | reroll | cli
+    params: ImageParams
+    model: str
+    inputs: Mapping[str, Any] = field(default_factory=dict)  # the command's own fields, for details/reroll
+
+
+class RequestBuilder:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def imagine(
+        self,
+        prompt: str,
+        *,
+        size: str | None = None,
+        style: str | None = None,
+        negative_prompt: str | None = None,
+        prompt_extend: bool | None = None,
+        watermark: bool | None = None,
+        command: str = "imagine",
+    ) -> GenerationRequest:
+        params = self._resolve(
+            prompt,
+            style=style,
+            size=size,
+            negative_prompt=negative_prompt,
+            prompt_extend=prompt_extend,
+            watermark=watermark,
+        )
+        return GenerationRequest(command=command, params=params, model=self._settings.image_model)
+
+    def poster(
+        self,
+        title: str,
+        subtitle: str | None = None,
+        background: str | None = None,
+        *,
+        size: str | None = None,
+        style: str | None = None,
+        watermark: bool | None = None,
+    ) -> GenerationRequest:
+        prompt = presets.poster_prompt(title, subtitle, background)
+        params = self._resolve(prompt, style=style or POSTER_DEFAULT_STYLE, size=size, watermark=watermark)
+        inputs = _present(title=title, subtitle=subtitle, background=background)
+        return GenerationRequest(
+            command="poster", params=params, model=self._settings.image_model, inputs=inputs
+        )
+
+    def couplet(
+        self,
+        left: str,
+        right: str,
+        horizontal: str,
+        background: str | None = None,
+        font: str | None = None,
+        *,
+        size: str | None = None,
+    ) -> GenerationRequest:
+        prompt = presets.couplet_prompt(left, right, horizontal, background, font)
+        params = self._resolve(prompt, style=COUPLET_STYLE, size=size)
+        inputs = _present(left=left, right=right, horizontal=horizontal, background=background, font=font)
+        return GenerationRequest(
+            command="couplet", params=params, model=self._settings.image_model, inputs=inputs
+        )
+
+    def _resolve(self, prompt: str, **choices: Any) -> ImageParams:
+        settings = self._settings
+        # the spec's default size, unless the operator's IMAGE_SIZES left it out
+        default_size = (
+            presets.DEFAULT_SIZE if presets.DEFAULT_SIZE in settings.image_sizes else settings.image_sizes[0]
+        )
+        return presets.resolve_params(
+            prompt,
+            allowed_sizes=settings.image_sizes,
+            default_size=default_size,
+            prompt_max_chars=settings.prompt_max_chars,
+            negative_max_chars=settings.negative_prompt_max_chars,
+            **choices,
+        )
+
+
+def _present(**fields: str | None) -> dict[str, str]:
+    return {name: value for name, value in fields.items() if value}

@@ -1,0 +1,428 @@
+"""The generation service: the one pipeline behind the slash commands and the CLI (no discord).
+
+submit() admits a request (queue limits), writes its durable `queued` row and hands it to the
+scheduler. The scheduler calls `_run` under the upstream limiter: generate -> record
+`generated` (URL + request id first) -> fetch and store the image -> deliver -> charge. A
+`Delivery` (the CLI's file writer, or the Discord layer) is told about every step.
+
+Nothing lost, nothing twice: after a restart `resume()` re-queues queued jobs in order,
+resubmits a job caught mid-request at most once, and only re-delivers generated jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from bot import messages
+from bot.clock import Clock, SystemClock
+from bot.config import Settings
+from bot.errors import ImagineError, LimitReached
+from bot.imaging.client import Gate, ImageClient
+from bot.imaging.download import DownloadedImage, ImageFetcher, sniff_kind
+from bot.imaging.errors import ImageDownloadError, RateLimited, UpstreamError
+from bot.imaging.models import ImageRequest
+from bot.limiter import UpstreamLimiter
+from bot.requests import GenerationRequest
+from bot.scheduler import QueueItem, QueuePosition, QueueRefusal, Scheduler
+from bot.storage.images import ImageStore
+from bot.storage.jobs import Job, JobStore, NewJob, new_local_id
+
+log = logging.getLogger("imagine.service")
+
+CLI_GUILD = "cli"
+
+
+class DeliveryError(Exception):
+    """Posting the result failed; `retryable` for 429/5xx/dropped connections on the far side."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class JobInterrupted(ImagineError):
+    """The bot stopped mid-request twice: the job is not submitted a third time."""
+
+
+class ImageLost(ImagineError):
+    """A generated image can no longer be fetched (no stored bytes, no URL)."""
+
+
+class ShuttingDown(ImagineError):
+    """The bot is stopping and accepts no new work."""
+
+
+class Delivery(Protocol):
+    """Where a job's progress and result go (a file for the CLI, a Discord message for the bot)."""
+
+    async def queued(self, job_id: int, position: QueuePosition) -> None: ...
+
+    async def started(self, job: Job) -> None: ...
+
+    async def deliver(self, job: Job, image: DownloadedImage) -> None: ...
+
+    async def failed(self, job: Job, error: BaseException) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    requester: str  # "cli" or the Discord user id
+    guild_id: int | None = None
+    channel_id: int | None = None
+    user_id: int | None = None
+
+    @property
+    def guild_key(self) -> str:
+        return f"guild:{self.guild_id}" if self.guild_id is not None else CLI_GUILD
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    job_id: int
+    position: QueuePosition | None
+    replayed: bool = False  # the id existed already: nothing new was queued
+
+
+class GenerationService:
+    DELIVERY_RETRIES = 3
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        jobs: JobStore,
+        images: ImageStore,
+        client: ImageClient,
+        fetcher: ImageFetcher,
+        limiter: UpstreamLimiter,
+        delivery: Delivery,
+        clock: Clock | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_requeues: int = 5,
+    ) -> None:
+        self._settings = settings
+        #: a job put back by 429s more often than this fails (the bot's jobs have a deadline anyway;
+        #: the CLI passes 0: after the client's own retries it reports the failure)
+        self._max_requeues = max_requeues
+        self.jobs = jobs
+        self._images = images
+        self._client = client
+        self._fetcher = fetcher
+        self._delivery = delivery
+        self._sleep = sleep
+        self.scheduler = Scheduler(
+            limiter, self._run, clock=clock or SystemClock(), on_change=self._queue_changed
+        )
+        self._waiters: dict[int, list[asyncio.Future[Job]]] = defaultdict(list)
+        self._requeues: dict[int, int] = defaultdict(int)
+        self._published: dict[int, tuple[int, int]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._publish_pending = False
+        self._stopping = False
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.scheduler.start()
+        await self.resume()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting; let running jobs finish within the grace; the rest stays queued in the store."""
+        self._stopping = True
+        grace = self._settings.shutdown_grace_s if grace_s is None else grace_s
+        waiting = await self.scheduler.stop(grace)
+        pending = [task for task in self._background if not task.done()]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=grace)
+            for task in still:
+                task.cancel()
+        log.info("service stopped; %d job(s) left queued in the store", len(waiting))
+
+    async def resume(self) -> int:
+        """Pick up every unfinished job from the store (after a restart). Returns how many."""
+        unfinished = await self.jobs.unfinished()
+        for job in unfinished:
+            if job.state == "generated":
+                self._spawn(self._deliver(job))
+            elif job.state == "submitting" and job.attempts >= 2:
+                await self._fail(job, JobInterrupted(messages.INTERRUPTED))
+            else:
+                self.scheduler.enqueue(self._item_for(job))
+        if unfinished:
+            log.info("resumed %d unfinished job(s)", len(unfinished))
+        return len(unfinished)
+
+    # -- accepting work -------------------------------------------------------------------------------
+    async def submit(
+        self,
+        request: GenerationRequest,
+        who: Requester,
+        *,
+        job_id: int | None = None,
+        deadline_s: float | None = None,
+    ) -> Ticket:
+        """Admit and durably queue one request. Raises LimitReached (nothing spent) when refused."""
+        if self._stopping:
+            raise ShuttingDown("The bot is restarting; try again in a minute.")
+        job_id = job_id if job_id is not None else new_local_id()
+        if await self.jobs.get(job_id) is not None:
+            return Ticket(job_id, self.scheduler.position(job_id), replayed=True)
+        try:
+            reservation = self.scheduler.reserve(
+                who.guild_key,
+                who.requester,
+                guild_queue_max=self._settings.guild_queue_max,
+                user_pending_max=self._settings.user_pending_max,
+                deadline_s=deadline_s,
+            )
+        except QueueRefusal as refusal:
+            raise _limit_for(refusal, self._settings) from None
+        try:
+            inserted = await self.jobs.insert(_new_job(job_id, request, who))
+        except BaseException:
+            self.scheduler.cancel(reservation)
+            raise
+        if not inserted:  # a concurrent replay of the same interaction won the insert
+            self.scheduler.cancel(reservation)
+            return Ticket(job_id, self.scheduler.position(job_id), replayed=True)
+        self.scheduler.activate(reservation, job_id)
+        return Ticket(job_id, self.scheduler.position(job_id))
+
+    async def wait(self, job_id: int) -> Job:
+        """Wait until the job is delivered or failed (the CLI waits this way)."""
+        job = await self.jobs.get(job_id)
+        if job is not None and job.finished:
+            return job
+        future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        self._waiters[job_id].append(future)
+        return await future
+
+    # -- running a job (called by the scheduler, holding an upstream permit) ---------------------------
+    async def _run(self, item: QueueItem, gate: Gate) -> None:
+        job = await self.jobs.get(item.job_id)
+        if job is None or job.finished:
+            return
+        try:
+            if job.state != "generated":
+                generated = await self._generate(job, gate)
+                if generated is None:
+                    return
+                job = generated
+            await self._deliver(job)
+        except RateLimited:
+            raise  # the scheduler puts the job back at the head of its queue
+        except Exception as exc:  # a bug must fail one job, never the bot
+            log.exception("job %s failed unexpectedly", job.id)
+            await self._fail(job, exc)
+
+    async def _generate(self, job: Job, gate: Gate) -> Job | None:
+        if not await self.jobs.mark_submitting(job.id):
+            return None
+        self._notify(self._delivery.started(job))
+        request = ImageRequest(
+            model=job.model,
+            prompt=job.prompt,
+            size=job.size,
+            negative_prompt=job.negative_prompt,
+            prompt_extend=job.prompt_extend,
+            watermark=job.watermark,
+        )
+        try:
+            response = await self._client.generate(request, gate=gate)
+        except RateLimited as exc:
+            self._requeues[job.id] += 1
+            if self._requeues[job.id] <= self._max_requeues:
+                await self.jobs.mark_queued_again(job.id)
+                log.warning(
+                    "job %s: upstream busy (request_id=%s); back to the head of its queue",
+                    job.id,
+                    exc.request_id,
+                )
+                self._published.pop(job.id, None)
+                raise
+            await self._fail(job, exc)
+            return None
+        except UpstreamError as exc:
+            await self._fail(job, exc)
+            return None
+        image = response.first
+        # The URL and request id are durable before anything else happens: from here on a restart
+        # re-fetches and re-delivers, and never pays for a second generation.
+        await self.jobs.mark_generated(
+            job.id,
+            request_id=response.request_id,
+            image_url=image.url,
+            revised_prompt=image.revised_prompt,
+            upstream_fen=self._settings.price_per_image_fen,
+        )
+        if not image.url:
+            try:
+                inline = await asyncio.to_thread(
+                    self._fetcher.decode_b64, image.b64_json, request_id=response.request_id
+                )
+            except ImageDownloadError as exc:
+                await self._fail(await self._reload(job), exc)
+                return None
+            await self.jobs.set_image(job.id, await self._images.put(inline.data))
+        return await self._reload(job)
+
+    async def _deliver(self, job: Job) -> None:
+        try:
+            image, sha256 = await self._image_for(job)
+        except ImagineError as exc:
+            await self._fail(job, exc)
+            return
+        for attempt in range(self.DELIVERY_RETRIES + 1):
+            try:
+                await self._delivery.deliver(job, image)
+                break
+            except DeliveryError as exc:
+                if not exc.retryable or attempt == self.DELIVERY_RETRIES:
+                    log.warning("job %s: delivery failed for good: %s", job.id, exc)
+                    await self._fail(job, ImagineError(messages.DELIVERY_FAILED))
+                    return
+                log.warning("job %s: delivery failed (%s); retrying from the stored image", job.id, exc)
+                await self._sleep(0.5 * 2**attempt)
+        await self.jobs.mark_delivered(job.id, cost_fen=self._settings.price_per_image_fen)
+        await self._images.delete(sha256)
+        self._finished(job.id)
+
+    async def _image_for(self, job: Job) -> tuple[DownloadedImage, str]:
+        """The stored bytes if we have them, else a fresh download of the URL (then stored)."""
+        if job.image_sha256:
+            data = await self._images.get(job.image_sha256)
+            kind = sniff_kind(data) if data else None
+            if data is not None and kind is not None:
+                return DownloadedImage(data=data, kind=kind), job.image_sha256
+        if not job.image_url:
+            raise ImageLost(
+                "The generated image was lost before it could be delivered. " + messages.NOT_CHARGED
+            )
+        image = await self._fetcher.fetch(job.image_url, request_id=job.request_id)
+        sha256 = await self._images.put(image.data)
+        await self.jobs.set_image(job.id, sha256)
+        return image, sha256
+
+    async def _fail(self, job: Job, error: BaseException) -> None:
+        request_id = getattr(error, "request_id", None)
+        code = type(error).__name__
+        log.warning(
+            "job %s failed: %s: %s (request_id=%s)",
+            job.id,
+            code,
+            getattr(error, "message", error),
+            request_id or "-",
+        )
+        hint = messages.operator_hint(error)
+        if hint:
+            log.error("operator action needed: %s", hint)
+        await self.jobs.mark_failed(
+            job.id,
+            error_code=code,
+            error_message=str(getattr(error, "message", error)),
+            request_id=request_id,
+        )
+        if job.image_sha256:
+            await self._images.delete(job.image_sha256)
+        try:
+            await self._delivery.failed(await self._reload(job), error)
+        except Exception:
+            log.exception("job %s: could not report the failure", job.id)
+        self._finished(job.id)
+
+    # -- queue positions ---------------------------------------------------------------------------
+    def _queue_changed(self) -> None:
+        """Called by the scheduler on every change; coalesced into one publish per loop turn."""
+        if self._publish_pending or self._stopping:
+            return
+        self._publish_pending = True
+        asyncio.get_running_loop().call_soon(self._publish_positions)
+
+    def _publish_positions(self) -> None:
+        self._publish_pending = False
+        for job_id, position in self.scheduler.positions().items():
+            # Tell the user only when their place changes (Discord limits edits per interaction).
+            place = (position.guild_position, position.global_position)
+            if self._published.get(job_id) == place:
+                continue
+            self._published[job_id] = place
+            self._notify(self._delivery.queued(job_id, position))
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _finished(self, job_id: int) -> None:
+        self._published.pop(job_id, None)
+        self._requeues.pop(job_id, None)
+        for future in self._waiters.pop(job_id, []):
+            if not future.done():
+                self._spawn(self._resolve(future, job_id))
+
+    async def _resolve(self, future: asyncio.Future[Job], job_id: int) -> None:
+        job = await self.jobs.get(job_id)
+        if job is not None and not future.done():
+            future.set_result(job)
+
+    async def _reload(self, job: Job) -> Job:
+        return await self.jobs.get(job.id) or job
+
+    def _item_for(self, job: Job) -> QueueItem:
+        guild_key = f"guild:{job.guild_id}" if job.guild_id is not None else CLI_GUILD
+        return QueueItem(job_id=job.id, guild_key=guild_key, user_key=job.requester, enqueued_at=0.0)
+
+    def _notify(self, awaitable: Awaitable[None]) -> None:
+        """Progress messages are best effort: they never hold up or fail the job."""
+
+        async def guarded() -> None:
+            try:
+                await awaitable
+            except Exception:
+                log.exception("progress update failed")
+
+        self._spawn(guarded())
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _new_job(job_id: int, request: GenerationRequest, who: Requester) -> NewJob:
+    params = request.params
+    return NewJob(
+        id=job_id,
+        requester=who.requester,
+        command=request.command,
+        model=request.model,
+        prompt=params.prompt,
+        size=params.size,
+        negative_prompt=params.negative_prompt,
+        prompt_extend=params.prompt_extend,
+        watermark=params.watermark,
+        style=params.style,
+        guild_id=who.guild_id,
+        channel_id=who.channel_id,
+        user_id=who.user_id,
+        inputs=dict(request.inputs),
+    )
+
+
+def _limit_for(refusal: QueueRefusal, settings: Settings) -> LimitReached:
+    wait = max(1, round(refusal.retry_after_s or 60))
+    if refusal.reason == "guild_queue_full":
+        text = (
+            f"This server's queue is full ({settings.guild_queue_max} waiting). Try again in about {wait} s."
+        )
+    elif refusal.reason == "user_pending":
+        text = (
+            f"You already have {settings.user_pending_max} image(s) queued or generating. "
+            "Wait for one to finish, then try again."
+        )
+    else:
+        text = (
+            "The queue is too long to finish your image before Discord's 15-minute reply window closes. "
+            f"Try again in about {wait} s."
+        )
+    return LimitReached(text, limit=refusal.reason)
