@@ -7,6 +7,7 @@ image, so a restart only downloads and delivers again and never pays twice.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -19,12 +20,15 @@ from bot.storage.db import Store
 
 UNFINISHED = ("queued", "submitting", "generated")
 _DISCORD_EPOCH_MS = 1420070400000
+# low bits: a per-process counter from a random start, unique within the process and unlikely
+# to meet another process's ids in the same millisecond
+_SEQUENCE = itertools.count(int.from_bytes(os.urandom(3), "big"))
 
 
 def new_local_id() -> int:
     """A snowflake-shaped id for jobs that have no Discord interaction (the CLI)."""
     millis = int(time.time() * 1000) - _DISCORD_EPOCH_MS
-    return (millis << 22) | int.from_bytes(os.urandom(3), "big") & 0x3FFFFF
+    return (millis << 22) | (next(_SEQUENCE) & 0x3FFFFF)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,386 @@
+"""The loopback fake Discord works with the real discord.py client (a tiny bot defined here)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import discord
+import pytest
+from discord import app_commands
+from discord.ext import commands
+
+from tests.fakes.fake_discord import FakeDiscord
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(64))
+REPO = Path(__file__).resolve().parents[2]
+
+
+class ImageButton(
+    discord.ui.DynamicItem[discord.ui.Button], template=r"img:(?P<action>info|delete):(?P<job>\d+)"
+):
+    def __init__(self, action: str, job: int) -> None:
+        super().__init__(discord.ui.Button(label=action, custom_id=f"img:{action}:{job}"))
+        self.action, self.job = action, job
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button, match: Any
+    ) -> ImageButton:
+        return cls(match["action"], int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        interaction.client.seen.append(("click", self.action, self.job))
+        if self.action == "info":
+            await interaction.response.send_message(f"job {self.job}", ephemeral=True)
+        else:
+            await interaction.response.defer()
+            await interaction.delete_original_response()
+
+
+class Updater(discord.ui.View):
+    @discord.ui.button(label="update", custom_id="update")
+    async def update(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await interaction.response.edit_message(content="updated", attachments=[], view=None)
+
+
+class AskModal(discord.ui.Modal, title="Ask"):
+    question = discord.ui.TextInput(label="Question", custom_id="q")
+
+    def __init__(self) -> None:
+        super().__init__(custom_id="ask-modal")
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_message(f"asked {self.question.value}")
+
+
+class TinyBot(commands.Bot):
+    def __init__(self) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            help_command=None,
+            guild_ready_timeout=0.05,
+        )
+        self.seen: list[tuple[Any, ...]] = []
+        self.errors: list[BaseException] = []
+        self.pending: asyncio.Queue[discord.Interaction] = asyncio.Queue()
+        self.add_dynamic_items(ImageButton)
+
+        @self.tree.command(description="Say hello with a picture")
+        async def hello(interaction: discord.Interaction, text: str) -> None:
+            self.seen.append(("hello", text, interaction.guild is None, type(interaction.channel).__name__))
+            await interaction.response.defer(thinking=True)
+            view = discord.ui.View(timeout=None)
+            view.add_item(ImageButton("info", 42))
+            view.add_item(ImageButton("delete", 42))
+            await interaction.edit_original_response(
+                content=f"hello {text}",
+                attachments=[discord.File(io.BytesIO(PNG), "x.png")],
+                embed=discord.Embed(title="result", description=text),
+                view=view,
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
+
+        @self.tree.command(description="Defer, and leave the rest to the test")
+        async def later(interaction: discord.Interaction) -> None:
+            await interaction.response.defer()
+            await self.pending.put(interaction)
+
+        @self.tree.command(description="Reply with a file, a button and an ephemeral followup")
+        async def multi(interaction: discord.Interaction) -> None:
+            await interaction.response.send_message(
+                "first", file=discord.File(io.BytesIO(b"a"), "a.txt"), view=Updater()
+            )
+            await interaction.followup.send(
+                "second", ephemeral=True, file=discord.File(io.BytesIO(b"b"), "b.txt")
+            )
+            self.seen.append(("original", (await interaction.original_response()).content))
+
+        @self.tree.command(description="Ask with a modal")
+        async def ask(interaction: discord.Interaction) -> None:
+            await interaction.response.send_modal(AskModal())
+
+        @self.tree.error
+        async def on_app_command_error(interaction: discord.Interaction, error: app_commands.AppCommandError):
+            self.errors.append(error)
+
+
+@pytest.fixture
+def fake() -> Any:
+    fake = FakeDiscord().start()
+    restore = fake.point_discord_py_here()
+    yield fake
+    restore()
+    fake.stop()
+
+
+@contextlib.asynccontextmanager
+async def running(fake: FakeDiscord) -> AsyncIterator[TinyBot]:
+    bot = TinyBot()
+    task = asyncio.create_task(bot.start(fake.bot_token))
+    try:
+        for _ in range(1000):
+            if bot.is_ready():
+                break
+            if task.done():
+                task.result()  # raises why the bot stopped
+            await asyncio.sleep(0.01)
+        assert bot.is_ready(), "the bot did not become ready within 10 s"
+        yield bot
+    finally:
+        await bot.close()
+        await asyncio.wait_for(task, 10)
+    assert not bot.errors
+
+
+async def edited_original(fake: FakeDiscord, interaction_id: int) -> Any:
+    return await fake.wait_for(
+        lambda f: (m := f.original_message(interaction_id)) is not None and m.edits and m
+    )
+
+
+async def test_slash_defer_edit_with_file_embed_view_then_buttons(fake: FakeDiscord) -> None:
+    async with running(fake) as bot:
+        assert bot.get_channel(fake.channel_id) is not None
+        assert bot.get_guild(fake.guild_id).me is not None
+        assert bot.user.id == fake.bot_user_id and bot.application_id == fake.application_id
+
+        sent = fake.send_slash("hello", {"text": "world"}, user_id=1234, roles=[99])
+        msg = await edited_original(fake, sent.id)
+        assert fake.callbacks(sent.id) == [5]
+        assert msg.content == "hello world" and not msg.loading and not msg.ephemeral
+        assert [(a["filename"], a["bytes"], a["content_type"]) for a in msg.attachments] == [
+            ("x.png", PNG, "image/png")
+        ]
+        assert msg.embeds[0]["title"] == "result"
+        assert msg.custom_ids() == ["img:info:42", "img:delete:42"]
+        assert msg.allowed_mentions == {"parse": []}
+        assert msg.interaction_id == sent.id and msg.channel_id == fake.channel_id
+        assert bot.seen == [("hello", "world", False, "TextChannel")]
+
+        info = fake.click(msg.id, "img:info:42", user_id=1234)
+        reply = await fake.wait_for(lambda f: f.original_message(info.id))
+        assert reply.ephemeral and reply.content == "job 42" and fake.callbacks(info.id) == [4]
+
+        delete = fake.click(msg.id, "img:delete:42")
+        await fake.wait_for(lambda f: f.message(msg.id).deleted)
+        assert fake.callbacks(delete.id) == [6]
+        assert bot.seen[1:] == [("click", "info", 42), ("click", "delete", 42)]
+
+        # A second callback for the same interaction is refused, as Discord does.
+        async with aiohttp.ClientSession() as http:
+            url = f"{fake.api_base}/interactions/{sent.id}/{sent.token}/callback?with_response=1"
+            async with http.post(url, json={"type": 5}) as resp:
+                assert resp.status == 400 and (await resp.json())["code"] == 40060
+    assert not fake.unexpected_requests
+
+
+async def test_message_reply_followup_update_and_modal(fake: FakeDiscord) -> None:
+    async with running(fake) as bot:
+        sent = fake.send_slash("multi")
+        followup = (await fake.wait_for(lambda f: f.followups(sent.id)))[0]
+        first = fake.original_message(sent.id)
+        assert fake.callbacks(sent.id) == [4]
+        assert (first.content, [a["bytes"] for a in first.attachments], first.custom_ids()) == (
+            "first",
+            [b"a"],
+            ["update"],
+        )
+        assert followup.ephemeral and followup.attachments[0]["filename"] == "b.txt"
+        await fake.wait_for(lambda f: len(bot.seen) == 1)
+        assert bot.seen == [("original", "first")]
+
+        click = fake.click(first.id, "update")
+        updated = await fake.wait_for(lambda f: (m := f.message(first.id)).edits and m)
+        assert fake.callbacks(click.id) == [7] and fake.original_message(click.id).id == first.id
+        assert (updated.content, updated.attachments, updated.components) == ("updated", [], [])
+
+        ask = fake.send_slash("ask")
+        await fake.wait_for(lambda f: f.callbacks(ask.id) == [9])
+        modal = fake.callback_payloads(ask.id)[0]["data"]
+        submit = fake.submit_modal(modal["custom_id"], {"q": "why"})
+        assert (await fake.wait_for(lambda f: f.original_message(submit.id))).content == "asked why"
+
+
+async def test_tree_sync_global_and_guild(fake: FakeDiscord) -> None:
+    async with running(fake) as bot:
+        synced = await bot.tree.sync()
+        assert sorted(c.name for c in synced) == ["ask", "hello", "later", "multi"]
+        assert {c.id for c in synced} == {int(c["id"]) for c in fake.synced_commands()}
+        guild = discord.Object(fake.guild_id)
+        bot.tree.copy_global_to(guild=guild)
+        guild_synced = await bot.tree.sync(guild=guild)
+        assert fake.sync_count == 2 and len(guild_synced) == 4
+        stored = fake.synced_commands(fake.guild_id)
+        assert {c["guild_id"] for c in stored} == {str(fake.guild_id)}
+        assert next(c for c in stored if c["name"] == "hello")["options"][0]["name"] == "text"
+
+        joined = fake.add_guild(name="Joined later")  # a GUILD_CREATE to the connected bot
+        await fake.wait_for(lambda f: bot.get_guild(joined.id))
+        assert bot.get_channel(joined.channel_ids[1]) is not None
+
+        sent = fake.send_slash("hello", {"text": "guild"})
+        assert sent.payload["data"]["guild_id"] == str(fake.guild_id)
+        assert sent.payload["data"]["id"] in {c["id"] for c in stored}
+        assert (await edited_original(fake, sent.id)).content == "hello guild"
+
+
+async def test_expired_token_then_channel_send_with_nonce(fake: FakeDiscord) -> None:
+    async with running(fake) as bot:
+        sent = fake.send_slash("later")
+        interaction = await asyncio.wait_for(bot.pending.get(), 10)
+        fake.expire_token(sent.id)
+        with pytest.raises(discord.HTTPException) as caught:
+            await interaction.edit_original_response(content="too late")
+        assert caught.value.status == 401 and caught.value.code == 50027
+
+        channel = bot.get_channel(fake.channel_id)
+        first = await channel.send("the image is ready", nonce=777)
+        second = await channel.send("the image is ready", nonce=777)
+        assert first.id == second.id
+        plain = [m for m in fake.channel_messages(fake.channel_id) if not m.webhook]
+        assert [m.content for m in plain] == ["the image is ready"]
+        posts = fake.requests_to("POST", r"^/channels/\d+/messages$")
+        assert [r.json["enforce_nonce"] for r in posts] == [True, True]
+
+
+async def test_scripted_failures_are_retried_or_raised(fake: FakeDiscord) -> None:
+    async with running(fake) as bot:
+        fake.send_slash("later")
+        interaction = await asyncio.wait_for(bot.pending.get(), 10)
+
+        fake.fail_next("PATCH", r"^/webhooks/\d+/[^/]+/messages/@original$", status=500)
+        edited = await interaction.edit_original_response(content="after a 500")
+        assert edited.content == "after a 500"
+        assert [r.status for r in fake.requests_to("PATCH", "@original")] == [500, 200]
+
+        channel = bot.get_channel(fake.channel_id)
+        fake.fail_next("POST", r"^/channels/\d+/messages$", status=429, retry_after=0.1)
+        sent = await channel.send("after a 429")
+        assert sent.content == "after a 429"
+        assert [r.status for r in fake.requests_to("POST", r"^/channels/")] == [429, 200]
+
+        fake.drop_next("POST", r"^/channels/\d+/messages$")
+        with pytest.raises(aiohttp.ClientError):
+            await channel.send("dropped")
+        await channel.send("after a drop")
+        statuses = [r.status for r in fake.requests_to("POST", r"^/channels/")]
+        assert statuses == [429, 200, 0, 200]
+        assert [m.content for m in fake.channel_messages(fake.channel_id) if not m.webhook] == [
+            "after a 429",
+            "after a drop",
+        ]
+
+
+async def test_dm_slash_has_no_guild(fake: FakeDiscord) -> None:
+    async with running(fake) as bot:
+        sent = fake.send_dm_slash("hello", {"text": "dm"}, user_id=555)
+        msg = await edited_original(fake, sent.id)
+        assert bot.seen == [("hello", "dm", True, "DMChannel")]
+        assert msg.guild_id is None and msg.channel_id == fake.dm_channel_id(555)
+        assert "member" not in sent.payload and sent.payload["user"]["id"] == "555"
+
+
+async def test_restarted_bot_identifies_again(fake: FakeDiscord) -> None:
+    async with running(fake):
+        assert fake.identify_count == 1
+    async with running(fake):
+        await fake.wait_ready(min_identifies=2)
+        assert fake.identify_count == 2
+        sent = fake.send_slash("hello", {"text": "again"})
+        assert (await edited_original(fake, sent.id)).content == "hello again"
+
+
+async def test_bad_token_fails_login(fake: FakeDiscord) -> None:
+    bot = TinyBot()
+    try:
+        with pytest.raises(discord.LoginFailure):
+            await bot.start("not-the-token")
+    finally:
+        await bot.close()
+    assert fake.requests[-1].status == 401 and fake.identify_count == 0
+
+
+async def test_wire_details_without_a_bot(fake: FakeDiscord) -> None:
+    auth = {"Authorization": f"Bot {fake.bot_token}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{fake.api_base}/users/@me", headers=auth) as resp:
+            assert resp.status == 200 and resp.headers["Content-Type"] == "application/json"
+        async with http.get(f"{fake.api_base}/users/@me") as resp:
+            assert resp.status == 401 and await resp.json() == {"message": "401: Unauthorized", "code": 0}
+        async with http.get(f"{fake.api_base}/guilds/1/nope", headers=auth) as resp:
+            assert resp.status == 404 and (await resp.json())["message"] == "404: Not Found"
+        assert [r.path for r in fake.unexpected_requests] == ["/guilds/1/nope"]
+        assert fake.requests[0].authorization and "Authorization" not in fake.requests[0].headers
+
+        async with http.ws_connect(fake.gateway_url) as ws:  # wrong token: closed with 4004
+            assert (await ws.receive_json())["op"] == 10
+            await ws.send_json({"op": 2, "d": {"token": "wrong", "intents": 1}})
+            await ws.receive()
+            assert ws.close_code == 4004
+
+        ws = await http.ws_connect(fake.gateway_url)
+        await ws.receive_json()  # HELLO
+        await ws.send_json({"op": 1, "d": None})
+        assert (await ws.receive_json())["op"] == 11
+        await ws.send_json({"op": 2, "d": {"token": fake.bot_token, "intents": 1}})
+        ready = await ws.receive_json()
+        assert (ready["t"], ready["s"]) == ("READY", 1)
+        assert (await ws.receive_json())["t"] == "GUILD_CREATE"
+        await fake.wait_ready()
+        await ws.close(code=4000)  # abnormal close: the session can be resumed
+
+        fake.push_event("TYPING_START", {"channel_id": str(fake.channel_id), "user_id": "1"})
+        ws = await http.ws_connect(fake.gateway_url)
+        await ws.receive_json()
+        resume = {"token": fake.bot_token, "session_id": ready["d"]["session_id"], "seq": 2}
+        await ws.send_json({"op": 6, "d": resume})
+        replayed, resumed = await ws.receive_json(), await ws.receive_json()
+        assert (replayed["t"], replayed["s"], resumed["t"]) == ("TYPING_START", 3, "RESUMED")
+        await ws.close()  # 1000: the session is over
+
+        async with http.ws_connect(fake.gateway_url) as ws:
+            await ws.receive_json()
+            await ws.send_json({"op": 6, "d": resume})
+            assert await ws.receive_json() == {"op": 9, "d": False, "s": None, "t": None}
+    assert fake.identify_count == 1 and fake.resume_count == 1
+
+
+async def test_standalone_process() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.fakes.fake_discord",
+        "--port",
+        "0",
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode().split()
+        assert line[0] == "FAKE_DISCORD" and line[1].endswith("/api/v10") and line[2].startswith("ws://")
+        root = line[1].removesuffix("/api/v10")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{line[1]}/gateway") as resp:
+                assert (await resp.json())["url"] == line[2]
+            async with http.get(f"{root}/_control/state") as resp:
+                state = await resp.json()
+                assert state["identify_count"] == 0 and len(state["guilds"]) == 1
+            async with http.post(f"{root}/_control/slash", data=json.dumps({"name": "x"})) as resp:
+                assert resp.status == 409  # no bot connected
+            async with http.get(f"{root}/_control/messages") as resp:
+                assert await resp.json() == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
