@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     commands.add_parser("run", help="start the Discord bot (the default)")
+    commands.add_parser("sync", help="push the slash command definitions to Discord now (globally)")
 
     generate = commands.add_parser("generate", help="generate one image from the terminal")
     generate.add_argument("prompt", help="what to draw (quote it)")
@@ -61,10 +62,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     secrets = [
         s.get_secret_value() for s in (settings.nebula_api_key, settings.discord_token) if s is not None
     ]
-    configure_logging(settings.log_level if command == "run" else "WARNING", secrets)
+    configure_logging(settings.log_level if command in ("run", "sync") else "WARNING", secrets)
     try:
         if command == "run":
-            return _run_bot(settings)
+            from bot.app import serve
+
+            return asyncio.run(serve(settings))
+        if command == "sync":
+            from bot.app import force_sync
+
+            return asyncio.run(force_sync(settings))
         if command == "generate":
             return asyncio.run(_generate(settings, args))
         if command == "usage":
@@ -75,15 +82,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     raise AssertionError(f"unhandled command {command}")
-
-
-def _run_bot(settings: Settings) -> int:
-    print(
-        "imagine-bot: the Discord bot is not built yet (it arrives with the next issue).\n"
-        'Meanwhile try: imagine-bot generate "A cute orange kitten"',
-        file=sys.stderr,
-    )
-    return 1
 
 
 async def _generate(settings: Settings, args: argparse.Namespace) -> int:

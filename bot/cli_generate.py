@@ -33,7 +33,7 @@ class FileDelivery:
         self.written_bytes = 0
         self.error: BaseException | None = None
 
-    async def queued(self, job_id: int, position: QueuePosition) -> None:
+    async def queued(self, job: Job, position: QueuePosition) -> None:
         self._progress.status(f"queued (#{position.global_position})")
 
     async def started(self, job: Job) -> None:
@@ -105,7 +105,7 @@ async def generate_once(settings: Settings, args: argparse.Namespace) -> int:
     delivery = FileDelivery(args.output, progress)
     pipeline = await Pipeline.open(settings, delivery, max_requeues=0)
     try:
-        await pipeline.service.start()
+        await pipeline.service.start(resume=False)
         with progress:
             ticket = await pipeline.service.submit(request, Requester("cli"))
             job = await pipeline.service.wait(ticket.job_id)

@@ -12,6 +12,7 @@ from typing import Any
 from bot import presets
 from bot.config import Settings
 from bot.presets import ImageParams
+from bot.storage.jobs import Job
 
 POSTER_DEFAULT_STYLE = "poster"  # 928*1664, as the spec's poster scenario
 COUPLET_STYLE = "couplet"  # 1140*1472, as the spec's couplet scenario
@@ -23,6 +24,7 @@ class GenerationRequest:
     params: ImageParams
     model: str
     inputs: Mapping[str, Any] = field(default_factory=dict)  # the command's own fields, for details/reroll
+    reroll_of: int | None = None
 
 
 class RequestBuilder:
@@ -82,6 +84,20 @@ class RequestBuilder:
         inputs = _present(left=left, right=right, horizontal=horizontal, background=background, font=font)
         return GenerationRequest(
             command="couplet", params=params, model=self._settings.image_model, inputs=inputs
+        )
+
+    def reroll(self, job: Job) -> GenerationRequest:
+        """The same parameters again, as a new job (a new image, charged again)."""
+        params = ImageParams(
+            prompt=job.prompt,
+            size=job.size,
+            negative_prompt=job.negative_prompt,
+            prompt_extend=job.prompt_extend,
+            watermark=job.watermark,
+            style=job.style or presets.DEFAULT_STYLE,
+        )
+        return GenerationRequest(
+            command="reroll", params=params, model=job.model, inputs=dict(job.inputs), reroll_of=job.id
         )
 
     def _resolve(self, prompt: str, **choices: Any) -> ImageParams:

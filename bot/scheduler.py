@@ -219,6 +219,10 @@ class Scheduler:
         step = self._seconds_per_start()
         return {j: QueuePosition(g, p, base + (p - 1) * step) for j, (g, p) in self._index.items()}
 
+    def wait_for_new_job(self, guild_key: str, user_key: str) -> float:
+        """Seconds until a job this user submitted now would be dispatched (for /queue)."""
+        return self.estimate_wait(self._prospective_position(guild_key, user_key))
+
     def estimate_wait(self, global_position: int) -> float:
         """Seconds until the job at this position is dispatched, from the limiter's throughput."""
         return self._limiter.delay_until_ready() + max(0, global_position - 1) * self._seconds_per_start()

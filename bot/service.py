@@ -15,7 +15,8 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from bot import messages
@@ -29,6 +30,7 @@ from bot.imaging.models import ImageRequest
 from bot.limiter import UpstreamLimiter
 from bot.requests import GenerationRequest
 from bot.scheduler import QueueItem, QueuePosition, QueueRefusal, Scheduler
+from bot.storage.db import iso
 from bot.storage.images import ImageStore
 from bot.storage.jobs import Job, JobStore, NewJob, new_local_id
 
@@ -60,7 +62,7 @@ class ShuttingDown(ImagineError):
 class Delivery(Protocol):
     """Where a job's progress and result go (a file for the CLI, a Discord message for the bot)."""
 
-    async def queued(self, job_id: int, position: QueuePosition) -> None: ...
+    async def queued(self, job: Job, position: QueuePosition) -> None: ...
 
     async def started(self, job: Job) -> None: ...
 
@@ -79,6 +81,23 @@ class Requester:
     @property
     def guild_key(self) -> str:
         return f"guild:{self.guild_id}" if self.guild_id is not None else CLI_GUILD
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    running: int
+    waiting: int
+    mine: list[QueuePosition]  # the caller's waiting jobs, in order
+    new_request_wait_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyHandle:
+    """Where a Discord job's progress is shown: the interaction's reply, while its token is valid."""
+
+    token: str = field(repr=False)
+    expires_at: datetime
+    message_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +145,10 @@ class GenerationService:
         self._stopping = False
 
     # -- lifecycle ------------------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, *, resume: bool = True) -> None:
         self.scheduler.start()
-        await self.resume()
+        if resume:
+            await self.resume()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting; let running jobs finish within the grace; the rest stays queued in the store."""
@@ -144,7 +164,8 @@ class GenerationService:
 
     async def resume(self) -> int:
         """Pick up every unfinished job from the store (after a restart). Returns how many."""
-        unfinished = await self.jobs.unfinished()
+        # Only Discord jobs: a CLI job belongs to its own (finished or crashed) process.
+        unfinished = [job for job in await self.jobs.unfinished() if job.guild_id is not None]
         for job in unfinished:
             if job.state == "generated":
                 self._spawn(self._deliver(job))
@@ -164,6 +185,7 @@ class GenerationService:
         *,
         job_id: int | None = None,
         deadline_s: float | None = None,
+        reply: ReplyHandle | None = None,
     ) -> Ticket:
         """Admit and durably queue one request. Raises LimitReached (nothing spent) when refused."""
         if self._stopping:
@@ -182,7 +204,7 @@ class GenerationService:
         except QueueRefusal as refusal:
             raise _limit_for(refusal, self._settings) from None
         try:
-            inserted = await self.jobs.insert(_new_job(job_id, request, who))
+            inserted = await self.jobs.insert(_new_job(job_id, request, who, reply))
         except BaseException:
             self.scheduler.cancel(reservation)
             raise
@@ -191,6 +213,18 @@ class GenerationService:
             return Ticket(job_id, self.scheduler.position(job_id), replayed=True)
         self.scheduler.activate(reservation, job_id)
         return Ticket(job_id, self.scheduler.position(job_id))
+
+    def queue_status(self, who: Requester) -> QueueStatus:
+        """What /queue shows: this server's queue, the caller's places, the wait for a new request."""
+        scheduler = self.scheduler
+        waiting = scheduler.waiting(who.guild_key)
+        mine = [scheduler.position(item.job_id) for item in waiting if item.user_key == who.requester]
+        return QueueStatus(
+            running=len(scheduler.running(who.guild_key)),
+            waiting=len(waiting),
+            mine=[position for position in mine if position is not None],
+            new_request_wait_s=scheduler.wait_for_new_job(who.guild_key, who.requester),
+        )
 
     async def wait(self, job_id: int) -> Job:
         """Wait until the job is delivered or failed (the CLI waits this way)."""
@@ -308,6 +342,7 @@ class GenerationService:
         return image, sha256
 
     async def _fail(self, job: Job, error: BaseException) -> None:
+        job = await self._reload(job)  # the current row, with its reply token (erased by mark_failed)
         request_id = getattr(error, "request_id", None)
         code = type(error).__name__
         log.warning(
@@ -329,7 +364,7 @@ class GenerationService:
         if job.image_sha256:
             await self._images.delete(job.image_sha256)
         try:
-            await self._delivery.failed(await self._reload(job), error)
+            await self._delivery.failed(job, error)
         except Exception:
             log.exception("job %s: could not report the failure", job.id)
         self._finished(job.id)
@@ -350,7 +385,12 @@ class GenerationService:
             if self._published.get(job_id) == place:
                 continue
             self._published[job_id] = place
-            self._notify(self._delivery.queued(job_id, position))
+            self._notify(self._report_position(job_id, position))
+
+    async def _report_position(self, job_id: int, position: QueuePosition) -> None:
+        job = await self.jobs.get(job_id)
+        if job is not None and job.state == "queued":
+            await self._delivery.queued(job, position)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _finished(self, job_id: int) -> None:
@@ -389,7 +429,7 @@ class GenerationService:
         task.add_done_callback(self._background.discard)
 
 
-def _new_job(job_id: int, request: GenerationRequest, who: Requester) -> NewJob:
+def _new_job(job_id: int, request: GenerationRequest, who: Requester, reply: ReplyHandle | None) -> NewJob:
     params = request.params
     return NewJob(
         id=job_id,
@@ -406,6 +446,10 @@ def _new_job(job_id: int, request: GenerationRequest, who: Requester) -> NewJob:
         channel_id=who.channel_id,
         user_id=who.user_id,
         inputs=dict(request.inputs),
+        reroll_of=request.reroll_of,
+        interaction_token=reply.token if reply else None,
+        token_expires_at=iso(reply.expires_at) if reply else None,
+        message_id=reply.message_id if reply else None,
     )
 
 

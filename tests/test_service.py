@@ -31,8 +31,8 @@ class RecordingDelivery:
         self.positions: dict[int, list[QueuePosition]] = {}
         self.fail_next: list[DeliveryError] = []
 
-    async def queued(self, job_id: int, position: QueuePosition) -> None:
-        self.positions.setdefault(job_id, []).append(position)
+    async def queued(self, job: Job, position: QueuePosition) -> None:
+        self.positions.setdefault(job.id, []).append(position)
 
     async def started(self, job: Job) -> None:
         self.events.append(("started", job.id))

@@ -47,6 +47,10 @@ class NewJob:
     channel_id: int | None = None
     user_id: int | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
+    interaction_token: str | None = field(default=None, repr=False)
+    token_expires_at: str | None = None
+    message_id: int | None = None
+    reroll_of: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,10 @@ class Job:
     started_at: str | None
     generated_at: str | None
     finished_at: str | None
+    interaction_token: str | None = field(repr=False)  # a credential: never in a repr or a log
+    token_expires_at: str | None
+    message_id: int | None
+    reroll_of: int | None
 
     @property
     def finished(self) -> bool:
@@ -104,8 +112,9 @@ class JobStore:
         changed = await self._store.write(
             """
             INSERT INTO jobs (id, guild_id, channel_id, user_id, requester, command, style, model, prompt,
-                              negative_prompt, size, prompt_extend, watermark, inputs_json, queued_at)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                              negative_prompt, size, prompt_extend, watermark, inputs_json, queued_at,
+                              interaction_token, token_expires_at, message_id, reroll_of)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT(id) DO NOTHING
             """,
             (
@@ -124,6 +133,10 @@ class JobStore:
                 int(job.watermark),
                 json.dumps(job.inputs, ensure_ascii=False, sort_keys=True),
                 self._store.now(),
+                job.interaction_token,
+                job.token_expires_at,
+                job.message_id,
+                job.reroll_of,
             ),
         )
         return changed == 1
@@ -178,7 +191,7 @@ class JobStore:
     async def mark_delivered(self, job_id: int, *, cost_fen: int) -> bool:
         return await self._update(
             job_id,
-            "state = 'delivered', cost_fen = :cost_fen, finished_at = :now",
+            "state = 'delivered', cost_fen = :cost_fen, finished_at = :now, interaction_token = NULL",
             "state = 'generated'",
             cost_fen=cost_fen,
         )
@@ -189,7 +202,8 @@ class JobStore:
         return await self._update(
             job_id,
             "state = 'failed', error_code = :error_code, error_message = :error_message,"
-            " request_id = COALESCE(:request_id, request_id), cost_fen = 0, finished_at = :now",
+            " request_id = COALESCE(:request_id, request_id), cost_fen = 0, finished_at = :now,"
+            " interaction_token = NULL",
             "state IN ('queued', 'submitting', 'generated')",
             error_code=error_code,
             error_message=error_message[:1000],

@@ -89,6 +89,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        3,
+        "Discord delivery: the reply's credentials live in the open job's row only",
+        (
+            # the 15-minute interaction token: erased (set NULL) as soon as the job ends
+            "ALTER TABLE jobs ADD COLUMN interaction_token TEXT",
+            "ALTER TABLE jobs ADD COLUMN token_expires_at TEXT",
+            "ALTER TABLE jobs ADD COLUMN message_id INTEGER",  # the reply message to edit in place
+            "ALTER TABLE jobs ADD COLUMN reroll_of INTEGER REFERENCES jobs(id)",
+        ),
+    ),
 )
 
 LATEST_VERSION = max(m.version for m in MIGRATIONS)

@@ -578,7 +578,7 @@ class FakeDiscord(RestRoutes, GatewayMixin, ControlRoutes):
     async def wait_for(
         self,
         predicate: Callable[[FakeDiscord], T | None | bool],
-        timeout: float = 10.0,  # noqa: ASYNC109
+        timeout: float = 10.0,
         interval: float = 0.02,
     ) -> T:
         """Poll ``predicate(fake)`` until it returns something truthy, and return that."""
@@ -607,7 +607,7 @@ class FakeDiscord(RestRoutes, GatewayMixin, ControlRoutes):
                 raise AssertionError(self._timeout_report(predicate, timeout))
             time.sleep(interval)
 
-    async def wait_ready(self, timeout: float = 10.0, *, min_identifies: int = 1) -> None:  # noqa: ASYNC109
+    async def wait_ready(self, timeout: float = 10.0, *, min_identifies: int = 1) -> None:
         """Wait until a bot has identified (``min_identifies`` times in all) and got every GUILD_CREATE."""
         await self.wait_for(lambda f: f._has_ready_bot(min_identifies), timeout)
 

@@ -56,13 +56,23 @@ async def test_an_old_database_is_migrated_and_keeps_its_rows(tmp_path: Path) ->
     path = tmp_path / "old.db"
     old = await Store.open(path, migrations=MIGRATIONS[:1])
     assert await old.schema_version() == 1
-    await JobStore(old).insert(new_job(1))
+    await old.write(  # a row as version 1 wrote it
+        "INSERT INTO jobs (id, requester, command, model, prompt, size, prompt_extend, watermark, queued_at)"
+        " VALUES (1, 'cli', 'cli', 'qwen-image-plus', 'A cute orange kitten', '1328*1328', 1, 1, ?)",
+        (old.now(),),
+    )
     await old.close()
 
     store = await Store.open(path)
     try:
         assert await store.schema_version() == LATEST_VERSION
-        assert (await JobStore(store).get(1)).prompt == "A cute orange kitten"
+        job = await JobStore(store).get(1)
+        assert (job.prompt, job.state, job.interaction_token, job.reroll_of) == (
+            "A cute orange kitten",
+            "queued",
+            None,
+            None,
+        )
         await store.set_meta("k", "v")
         assert await store.get_meta("k") == "v"
     finally:

@@ -1,0 +1,134 @@
+"""/imagine, /poster, /couplet and /queue.
+
+Each command turns its options into a request with the pure builders (input is refused here,
+before anything is spent), acknowledges at once, and hands the request to the service; the
+reply message is then updated by the delivery as the job moves.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.app_commands import Choice, Range
+from discord.ext import commands
+
+from bot import presets
+from bot.requests import GenerationRequest
+from bot.ui import flow, render
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+
+SIZE_CHOICES = [Choice(name=size.label, value=size.value) for size in presets.SIZES]
+STYLE_CHOICES = [Choice(name=style.label, value=style.name) for style in presets.STYLES.values()]
+POSTER_STYLE_CHOICES = [c for c in STYLE_CHOICES if c.value in ("poster", "text-poster", "precise")]
+FIELD = presets.FIELD_MAX_CHARS
+
+
+def _value(choice: Choice[str] | None) -> str | None:
+    return choice.value if choice is not None else None
+
+
+class Imagine(commands.Cog):
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+
+    async def _start(self, interaction: discord.Interaction, request: GenerationRequest) -> None:
+        reply = await flow.acknowledge(interaction)
+        await flow.submit(self.bot.service, interaction, request, reply)
+
+    @app_commands.command(name="imagine", description="Generate an image from a text prompt")
+    @app_commands.describe(
+        prompt="What to draw (Chinese and English text render well)",
+        size="Image size (default 1:1 square)",
+        style="A preset scenario (default: rapid creation)",
+        negative_prompt="What to keep out of the image",
+        prompt_extend="Let the service expand a short prompt (style decides by default)",
+        watermark="Add the provider's watermark (style decides by default)",
+    )
+    @app_commands.choices(size=SIZE_CHOICES, style=STYLE_CHOICES)
+    async def imagine(
+        self,
+        interaction: discord.Interaction,
+        prompt: Range[str, 1, 800],
+        size: Choice[str] | None = None,
+        style: Choice[str] | None = None,
+        negative_prompt: Range[str, 0, 500] | None = None,
+        prompt_extend: bool | None = None,
+        watermark: bool | None = None,
+    ) -> None:
+        request = self.bot.requests.imagine(
+            prompt,
+            size=_value(size),
+            style=_value(style),
+            negative_prompt=negative_prompt,
+            prompt_extend=prompt_extend,
+            watermark=watermark,
+        )
+        await self._start(interaction, request)
+
+    @app_commands.command(name="poster", description="Design a poster with a title (and a subtitle)")
+    @app_commands.describe(
+        title="The poster's title, rendered as text",
+        subtitle="A subtitle, rendered as text",
+        background="What the background shows",
+        size="Image size (default 9:16 portrait)",
+        style="A preset scenario (default: poster design)",
+        watermark="Add the provider's watermark",
+    )
+    @app_commands.choices(size=SIZE_CHOICES, style=POSTER_STYLE_CHOICES)
+    async def poster(
+        self,
+        interaction: discord.Interaction,
+        title: Range[str, 1, FIELD],
+        subtitle: Range[str, 1, FIELD] | None = None,
+        background: Range[str, 1, FIELD] | None = None,
+        size: Choice[str] | None = None,
+        style: Choice[str] | None = None,
+        watermark: bool | None = None,
+    ) -> None:
+        request = self.bot.requests.poster(
+            title, subtitle, background, size=_value(size), style=_value(style), watermark=watermark
+        )
+        await self._start(interaction, request)
+
+    @app_commands.command(name="couplet", description="Write a Chinese couplet in calligraphy")
+    @app_commands.describe(
+        left="The left scroll",
+        right="The right scroll",
+        horizontal="The horizontal scroll across the top",
+        background="The background (default: red Xuan paper)",
+        font="The calligraphy (default: regular script in gold)",
+        size="Image size (default 3:4 portrait)",
+    )
+    @app_commands.choices(size=SIZE_CHOICES)
+    async def couplet(
+        self,
+        interaction: discord.Interaction,
+        left: Range[str, 1, FIELD],
+        right: Range[str, 1, FIELD],
+        horizontal: Range[str, 1, FIELD],
+        background: Range[str, 1, FIELD] | None = None,
+        font: Range[str, 1, FIELD] | None = None,
+        size: Choice[str] | None = None,
+    ) -> None:
+        request = self.bot.requests.couplet(left, right, horizontal, background, font, size=_value(size))
+        await self._start(interaction, request)
+
+    @app_commands.command(name="queue", description="This server's queue: running, waiting, your place")
+    async def queue(self, interaction: discord.Interaction) -> None:
+        status = self.bot.service.queue_status(flow.requester_of(interaction))
+        embed = render.queue_embed(
+            running=status.running,
+            waiting=status.waiting,
+            mine=status.mine,
+            new_request_wait_s=status.new_request_wait_s,
+            queue_max=self.bot.settings.guild_queue_max,
+        )
+        await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=render.NO_PINGS)
+
+
+async def setup(bot: ImagineBot) -> None:
+    await bot.add_cog(Imagine(bot))

@@ -1,0 +1,122 @@
+"""The buttons under every image: Reroll, Details, Delete.
+
+They are dynamic items: the job id travels in the custom_id and everything else is read from
+the store, so the buttons keep working on old messages after a restart.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord.ext import commands
+
+from bot.errors import ImagineError
+from bot.tree import report_error
+from bot.ui import flow, render
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+
+
+class _JobButton(
+    discord.ui.DynamicItem[discord.ui.Button], template=r"imagine:(?P<action>\w+):(?P<job_id>\d+)"
+):
+    """Base: parses `imagine:<action>:<job id>`; subclasses set the action and the handler."""
+
+    action = ""
+    label = ""
+    emoji = ""
+    style = discord.ButtonStyle.secondary
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=self.label,
+                emoji=self.emoji,
+                style=self.style,
+                custom_id=f"imagine:{self.action}:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]
+    ) -> _JobButton:
+        return cls(int(match["job_id"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        try:
+            await self.handle(interaction, interaction.client)
+        except Exception as error:  # the same boundary as the slash commands
+            await report_error(interaction, error)
+
+    async def handle(self, interaction: discord.Interaction, bot: ImagineBot) -> None:
+        raise NotImplementedError
+
+
+class RerollButton(_JobButton, template=r"imagine:reroll:(?P<job_id>\d+)"):
+    action, label, emoji = "reroll", "Reroll", "🔄"
+
+    async def handle(self, interaction: discord.Interaction, bot: ImagineBot) -> None:
+        reply = await flow.acknowledge(interaction)  # a new message for the new image
+        job = await bot.service.jobs.get(self.job_id)
+        if job is None:
+            raise ImagineError(render.JOB_GONE)
+        await flow.submit(bot.service, interaction, bot.requests.reroll(job), reply)
+
+
+class DetailsButton(_JobButton, template=r"imagine:details:(?P<job_id>\d+)"):
+    action, label, emoji = "details", "Details", "ℹ️"
+
+    async def handle(self, interaction: discord.Interaction, bot: ImagineBot) -> None:
+        job = await bot.service.jobs.get(self.job_id)
+        if job is None:
+            await interaction.response.send_message(render.JOB_GONE, ephemeral=True)
+            return
+        await interaction.response.send_message(
+            embed=render.details_embed(job), ephemeral=True, allowed_mentions=render.NO_PINGS
+        )
+
+
+class DeleteButton(_JobButton, template=r"imagine:delete:(?P<job_id>\d+)"):
+    action, label, emoji = "delete", "Delete", "🗑️"
+    style = discord.ButtonStyle.danger
+
+    async def handle(self, interaction: discord.Interaction, bot: ImagineBot) -> None:
+        job = await bot.service.jobs.get(self.job_id)
+        allowed = interaction.permissions.manage_messages or (
+            job is not None and job.user_id == interaction.user.id
+        )
+        if not allowed:
+            await interaction.response.send_message(render.NOT_ALLOWED_TO_DELETE, ephemeral=True)
+            return
+        await interaction.response.defer()  # for a button, the "original" is the message it sits on
+        await interaction.delete_original_response()
+
+
+BUTTONS = (RerollButton, DetailsButton, DeleteButton)
+
+
+def result_view(job_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for button in BUTTONS:
+        view.add_item(button(job_id))
+    return view
+
+
+class Results(commands.Cog):
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(*BUTTONS)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(*BUTTONS)
+
+
+async def setup(bot: ImagineBot) -> None:
+    await bot.add_cog(Results(bot))
