@@ -14,6 +14,8 @@ from collections.abc import Iterable
 
 _URL_TOKENS = re.compile(r"(/(?:webhooks|interactions)/\d+/)[A-Za-z0-9_.\-]{20,}")
 _BEARER = re.compile(r"((?:Bearer|Bot)\s+)[A-Za-z0-9_.\-]{8,}")
+# a token as a key/value in a logged payload, e.g. discord.py's DEBUG dump of a gateway event
+_TOKEN_FIELDS = re.compile(r"""(['"](?:token|interaction_token)['"]\s*:\s*['"])[^'"]{8,}""")
 
 
 class SecretScrubber(logging.Filter):
@@ -29,6 +31,7 @@ class SecretScrubber(logging.Filter):
         for secret in self._secrets:
             text = text.replace(secret, "***")
         text = _URL_TOKENS.sub(r"\1***", text)
+        text = _TOKEN_FIELDS.sub(r"\1***", text)
         return _BEARER.sub(r"\1***", text)
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -55,4 +58,6 @@ def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> Secre
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request is noise
+    # At DEBUG discord.py dumps every gateway event, interaction tokens included: never below INFO.
+    logging.getLogger("discord.gateway").setLevel(max(root.level, logging.INFO))
     return scrubber

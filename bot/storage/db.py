@@ -108,19 +108,14 @@ class Store:
             return list(await cursor.fetchall())
 
     # -- reads ---------------------------------------------------------------------------------------
+    # Each read is ONE aiosqlite call: overlapping cursors on the reader connection would share a
+    # read snapshot, and a read issued just after a commit could then see the row from before it.
     async def fetch_one(self, sql: str, params: Params = ()) -> aiosqlite.Row | None:
-        cursor = await self._reader.execute(sql, params)
-        try:
-            return await cursor.fetchone()
-        finally:
-            await cursor.close()
+        rows = await self._reader.execute_fetchall(sql, params)
+        return next(iter(rows), None)
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[aiosqlite.Row]:
-        cursor = await self._reader.execute(sql, params)
-        try:
-            return list(await cursor.fetchall())
-        finally:
-            await cursor.close()
+        return list(await self._reader.execute_fetchall(sql, params))
 
     async def schema_version(self) -> int:
         row = await self.fetch_one("PRAGMA user_version")
