@@ -11,6 +11,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -73,7 +74,40 @@ class Settings(BaseSettings):
     user_pending_max: int = Field(2, ge=1, le=100)
     shutdown_grace_s: float = Field(30.0, ge=0, le=600)
 
+    # -- per-user and per-guild limits (defaults; admins change them per guild) -----------------------
+    #: images per user per day / month; "none" or empty = unlimited
+    user_daily_limit: int | None = Field(20, ge=0)
+    user_monthly_limit: int | None = Field(None, ge=0)
+    cooldown_seconds: int = Field(0, ge=0, le=86_400)
+    #: money per guild per day / month, in CNY; "none" or empty = unlimited
+    guild_daily_budget_cny: Decimal | None = Field(Decimal("10"), ge=0, decimal_places=2)
+    guild_monthly_budget_cny: Decimal | None = Field(Decimal("100"), ge=0, decimal_places=2)
+    #: days and months roll over at midnight here, unless a guild sets its own
+    default_timezone: str = "UTC"
+
     _split = field_validator("image_host_allowlist", "image_sizes", mode="before")(_split_commas)
+
+    @field_validator(
+        "user_daily_limit",
+        "user_monthly_limit",
+        "guild_daily_budget_cny",
+        "guild_monthly_budget_cny",
+        mode="before",
+    )
+    @classmethod
+    def _unlimited(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "unlimited"):
+            return None
+        return value
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"'{name}' is not an IANA time zone such as UTC or Asia/Shanghai") from None
+        return name
 
     @field_validator("image_sizes")
     @classmethod

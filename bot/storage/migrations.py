@@ -100,6 +100,59 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE jobs ADD COLUMN reroll_of INTEGER REFERENCES jobs(id)",
         ),
     ),
+    Migration(
+        4,
+        "limits and moderation: quota reservations per job, blocks, prompt rules, audit log, refusals",
+        (
+            # the counters a job reserved (scope, subject, period, amount), refunded exactly on failure
+            "ALTER TABLE jobs ADD COLUMN quota_json TEXT NOT NULL DEFAULT '[]'",
+            """
+            CREATE TABLE blocks (
+                guild_id   INTEGER NOT NULL,
+                user_id    INTEGER NOT NULL,
+                reason     TEXT    NOT NULL,
+                expires_at TEXT,                 -- NULL: until unblocked
+                created_by INTEGER NOT NULL,
+                created_at TEXT    NOT NULL,
+                PRIMARY KEY (guild_id, user_id)
+            )
+            """,
+            """
+            CREATE TABLE prompt_rules (
+                id         INTEGER PRIMARY KEY AUTOINCREMENT,
+                guild_id   INTEGER NOT NULL,
+                kind       TEXT    NOT NULL CHECK (kind IN ('word', 'regex')),
+                pattern    TEXT    NOT NULL,
+                reason     TEXT    NOT NULL,     -- the public reason a refused user is told
+                created_by INTEGER NOT NULL,
+                created_at TEXT    NOT NULL
+            )
+            """,
+            "CREATE INDEX prompt_rules_by_guild ON prompt_rules(guild_id)",
+            """
+            CREATE TABLE audit_log (
+                id           INTEGER PRIMARY KEY AUTOINCREMENT,
+                guild_id     INTEGER,
+                actor        TEXT NOT NULL,      -- a Discord user id, or 'cli'
+                action       TEXT NOT NULL,
+                details_json TEXT NOT NULL,
+                at           TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX audit_log_by_guild ON audit_log(guild_id, id)",
+            """
+            CREATE TABLE refusals (
+                id       INTEGER PRIMARY KEY AUTOINCREMENT,
+                guild_id INTEGER,
+                user_id  INTEGER,
+                reason   TEXT NOT NULL,          -- which limit or rule refused the request
+                detail   TEXT,
+                at       TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX refusals_by_guild ON refusals(guild_id, at)",
+        ),
+    ),
 )
 
 LATEST_VERSION = max(m.version for m in MIGRATIONS)

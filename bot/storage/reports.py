@@ -63,3 +63,129 @@ async def usage_summary(
 
 def fen_to_cny(fen: int) -> str:
     return f"{fen // 100}.{fen % 100:02d}"
+
+
+# -- per-guild reports for admins -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UserSpend:
+    user_id: int
+    images: int
+    cost_fen: int
+    failures: int
+    content_refusals: int  # the provider's safety refusals of this user's prompts
+
+
+@dataclass(frozen=True, slots=True)
+class GuildReport:
+    since: str
+    until: str
+    images: int
+    cost_fen: int
+    upstream_fen: int
+    failures: int
+    top_users: list[UserSpend]
+    refusals: dict[str, int]  # reason -> count
+    failure_codes: dict[str, int]  # error code -> count
+
+
+async def guild_report(store: Store, guild_id: int, since: str, until: str, top: int = 10) -> GuildReport:
+    """Everything in [since, until) for one guild (times are ISO UTC strings)."""
+    span = (guild_id, since, until)
+    where = "guild_id = ? AND queued_at >= ? AND queued_at < ?"
+    totals = await store.fetch_one(f"SELECT {_COLUMNS} FROM jobs WHERE {where}", span)
+    users = await store.fetch_all(
+        f"""
+        SELECT user_id,
+               COUNT(*) FILTER (WHERE state = 'delivered'),
+               COALESCE(SUM(cost_fen), 0),
+               COUNT(*) FILTER (WHERE state = 'failed'),
+               COUNT(*) FILTER (WHERE error_code = 'ContentRejected')
+        FROM jobs WHERE {where} GROUP BY user_id
+        ORDER BY 3 DESC, 2 DESC, user_id LIMIT ?
+        """,
+        (*span, top),
+    )
+    refusals = await store.fetch_all(
+        "SELECT reason, COUNT(*) FROM refusals WHERE guild_id = ? AND at >= ? AND at < ? GROUP BY reason",
+        span,
+    )
+    codes = await store.fetch_all(
+        f"SELECT error_code, COUNT(*) FROM jobs WHERE {where} AND state = 'failed' GROUP BY error_code", span
+    )
+    assert totals is not None
+    return GuildReport(
+        since=since,
+        until=until,
+        images=int(totals[0]),
+        failures=int(totals[1]),
+        cost_fen=int(totals[2]),
+        upstream_fen=int(totals[3]),
+        top_users=[UserSpend(int(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in users],
+        refusals={str(r[0]): int(r[1]) for r in refusals},
+        failure_codes={str(r[0]): int(r[1]) for r in codes},
+    )
+
+
+LEDGER_COLUMNS = (
+    "job_id",
+    "queued_at",
+    "finished_at",
+    "user_id",
+    "command",
+    "style",
+    "size",
+    "state",
+    "cost_cny",
+    "upstream_cny",
+    "request_id",
+    "error_code",
+    "prompt",
+)
+
+
+async def guild_ledger(store: Store, guild_id: int, since: str, until: str) -> list[dict[str, str]]:
+    """The guild's jobs in [since, until), oldest first, as CSV-ready rows."""
+    rows = await store.fetch_all(
+        "SELECT id, queued_at, finished_at, user_id, command, style, size, state, cost_fen, upstream_fen,"
+        " request_id, error_code, prompt FROM jobs"
+        " WHERE guild_id = ? AND queued_at >= ? AND queued_at < ? ORDER BY queued_at, id",
+        (guild_id, since, until),
+    )
+    return [
+        dict(
+            zip(
+                LEDGER_COLUMNS,
+                (
+                    str(r["id"]),
+                    r["queued_at"],
+                    r["finished_at"] or "",
+                    str(r["user_id"] or ""),
+                    r["command"],
+                    r["style"] or "",
+                    r["size"],
+                    r["state"],
+                    fen_to_cny(r["cost_fen"]),
+                    fen_to_cny(r["upstream_fen"]),
+                    r["request_id"] or "",
+                    r["error_code"] or "",
+                    r["prompt"],
+                ),
+                strict=True,
+            )
+        )
+        for r in rows
+    ]
+
+
+async def counters(store: Store, keys: list[tuple[str, str, str]]) -> dict[str, int]:
+    """Current values of quota counters, by scope (for /usage)."""
+    found: dict[str, int] = {}
+    for scope, subject, period in keys:
+        row = await store.fetch_one(
+            "SELECT used FROM quota_counters WHERE scope = ? AND subject = ? AND period = ?",
+            (scope, subject, period),
+        )
+        found[scope] = int(row[0]) if row else 0
+    return found
