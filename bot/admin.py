@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -37,6 +37,16 @@ def parse_cny(value: str) -> int | None:
     if amount < 0 or amount != amount.quantize(Decimal("0.01")):
         raise InvalidInput(f"'{value}' must be zero or more, with at most two decimals.")
     return int(amount * 100)
+
+
+def parse_count(value: str) -> int | None:
+    """'20' -> 20; 'unlimited'/'none' -> None."""
+    text = value.strip().lower()
+    if text in ("none", "unlimited", "off"):
+        return None
+    if not text.isdigit():
+        raise InvalidInput(f"'{value}' is not a number of images (e.g. 20, or 'unlimited').")
+    return int(text)
 
 
 def _limit_text(value: int | None, unit: str = "image(s)") -> str:
@@ -127,7 +137,7 @@ class GuildAdmin:
         self, guild_id: int, actor: int, user_id: int, reason: str, duration: timedelta | None = None
     ) -> str:
         reason = _reason(reason)
-        expires = iso(datetime.now(UTC) + duration) if duration else None
+        expires = iso(self._gate.now() + duration) if duration else None
         await self._guilds.block(guild_id, user_id, reason=reason, expires_at=expires, actor=actor)
         until = f" for {_duration_text(duration)}" if duration else ""
         return f"<@{actor}> blocked <@{user_id}>{until}: {reason}"
@@ -193,7 +203,7 @@ class GuildAdmin:
     # -- usage ----------------------------------------------------------------------------------
     async def reset_today(self, guild_id: int, actor: int, user_id: int) -> str:
         policy = await self._gate.policy(guild_id)
-        day = periods(datetime.now(UTC), policy.timezone).day
+        day = periods(self._gate.now(), policy.timezone).day
         await self._store.write(
             "UPDATE quota_counters SET used = 0 WHERE scope = 'user_day' AND subject = ? AND period = ?",
             (f"{guild_id}:{user_id}", day),
@@ -202,11 +212,11 @@ class GuildAdmin:
         return f"<@{actor}> reset today's image count of <@{user_id}>."
 
     async def report(self, guild_id: int, days: int) -> GuildReport:
-        until = datetime.now(UTC)
+        until = self._gate.now()
         return await guild_report(self._store, guild_id, iso(until - timedelta(days=days)), iso(until))
 
     async def export_csv(self, guild_id: int, days: int) -> bytes:
-        until = datetime.now(UTC)
+        until = self._gate.now()
         rows = await guild_ledger(self._store, guild_id, iso(until - timedelta(days=days)), iso(until))
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=LEDGER_COLUMNS)

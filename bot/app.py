@@ -9,6 +9,8 @@ import hashlib
 import json
 import logging
 import signal
+from collections.abc import Callable
+from datetime import datetime
 
 import discord
 import yarl
@@ -18,12 +20,13 @@ from bot.config import Settings
 from bot.pipeline import Pipeline
 from bot.requests import RequestBuilder
 from bot.service import GenerationService
+from bot.storage.db import utc_now
 from bot.tree import ImagineTree
 from bot.ui.delivery import DiscordDelivery
 
 log = logging.getLogger("imagine.app")
 
-EXTENSIONS = ("cogs.imagine", "cogs.results")
+EXTENSIONS = ("cogs.imagine", "cogs.results", "cogs.admin")
 COMMANDS_DIGEST_KEY = "commands_digest"
 
 
@@ -39,7 +42,14 @@ def point_at_discord(settings: Settings) -> None:
 
 
 class ImagineBot(commands.Bot):
-    def __init__(self, settings: Settings, *, serve: bool = True, **options: object) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        serve: bool = True,
+        wall_clock: Callable[[], datetime] = utc_now,
+        **options: object,
+    ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True  # the only intent needed: no privileged intents
         super().__init__(
@@ -55,6 +65,7 @@ class ImagineBot(commands.Bot):
         self.pipeline: Pipeline | None = None
         self._serve = serve  # False: only load the commands (for `imagine-bot sync`)
         self._closing = False
+        self._wall_clock = wall_clock  # injectable: tests move midnight
 
     @property
     def service(self) -> GenerationService:
@@ -69,7 +80,11 @@ class ImagineBot(commands.Bot):
             await self.load_extension(extension)
         if not self._serve:
             return
-        self.pipeline = await Pipeline.open(self.settings, DiscordDelivery(self, result_view))
+        self.pipeline = await Pipeline.open(
+            self.settings,
+            DiscordDelivery(self, result_view, utcnow=self._wall_clock),
+            wall_clock=self._wall_clock,
+        )
         await self.sync_commands()
         await self.pipeline.service.start()  # resumes every unfinished job from the store
 

@@ -48,6 +48,9 @@ class FileDelivery:
     async def failed(self, job: Job, error: BaseException) -> None:
         self.error = error
 
+    async def moderation(self, channel_id: int, text: str) -> None:
+        """CLI jobs belong to no guild: there is no moderation log to post to."""
+
 
 def _write_file(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

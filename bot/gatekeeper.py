@@ -154,6 +154,9 @@ class Gatekeeper:
             resets_at=ready,
         )
 
+    def now(self) -> datetime:
+        return self._utcnow()
+
     def now_ms(self) -> int:
         return int(self._utcnow().timestamp() * 1000)
 

@@ -6,18 +6,23 @@ client, image client, limiter and service.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import httpx
 
+from bot.admin import GuildAdmin
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
+from bot.gatekeeper import Gatekeeper
 from bot.imaging.client import ImageClient
 from bot.imaging.download import ImageFetcher
 from bot.imaging.retry import RetryPolicy
 from bot.limiter import UpstreamLimiter
 from bot.service import Delivery, GenerationService
-from bot.storage.db import Store
+from bot.storage.db import Store, utc_now
+from bot.storage.guilds import GuildStore
 from bot.storage.images import ImageStore
 from bot.storage.jobs import JobStore
 
@@ -28,6 +33,7 @@ class Pipeline:
     store: Store
     http: httpx.AsyncClient
     service: GenerationService
+    admin: GuildAdmin
 
     @property
     def jobs(self) -> JobStore:
@@ -35,11 +41,17 @@ class Pipeline:
 
     @classmethod
     async def open(
-        cls, settings: Settings, delivery: Delivery, *, clock: Clock | None = None, max_requeues: int = 5
+        cls,
+        settings: Settings,
+        delivery: Delivery,
+        *,
+        clock: Clock | None = None,
+        wall_clock: Callable[[], datetime] = utc_now,
+        max_requeues: int = 5,
     ) -> Pipeline:
         settings.require("NEBULA_API_KEY")
         clock = clock or SystemClock()
-        store = await Store.open(settings.database_path)
+        store = await Store.open(settings.database_path, clock=wall_clock)
         # One HTTP client for the process (connection reuse); timeouts are set per call.
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, connect=10.0),
@@ -69,6 +81,7 @@ class Pipeline:
             limiter = UpstreamLimiter(
                 concurrency=settings.upstream_concurrency, rpm=settings.upstream_rpm, clock=clock
             )
+            gatekeeper = Gatekeeper(settings, GuildStore(store), utcnow=wall_clock)
             service = GenerationService(
                 settings=settings,
                 jobs=JobStore(store),
@@ -79,12 +92,16 @@ class Pipeline:
                 delivery=delivery,
                 clock=clock,
                 max_requeues=max_requeues,
+                gatekeeper=gatekeeper,
+                store=store,
             )
         except BaseException:
             await http.aclose()
             await store.close()
             raise
-        return cls(settings=settings, store=store, http=http, service=service)
+        return cls(
+            settings=settings, store=store, http=http, service=service, admin=GuildAdmin(store, gatekeeper)
+        )
 
     async def close(self, grace_s: float | None = None) -> None:
         try:

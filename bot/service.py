@@ -23,16 +23,19 @@ from bot import messages
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.errors import ImagineError, LimitReached
+from bot.gatekeeper import Gatekeeper, RuleRefusal, Usage
 from bot.imaging.client import Gate, ImageClient
 from bot.imaging.download import DownloadedImage, ImageFetcher, sniff_kind
-from bot.imaging.errors import ImageDownloadError, RateLimited, UpstreamError
+from bot.imaging.errors import ContentRejected, ImageDownloadError, RateLimited, UpstreamError
 from bot.imaging.models import ImageRequest
 from bot.limiter import UpstreamLimiter
 from bot.requests import GenerationRequest
 from bot.scheduler import QueueItem, QueuePosition, QueueRefusal, Scheduler
-from bot.storage.db import iso
+from bot.storage.db import Store, iso
 from bot.storage.images import ImageStore
-from bot.storage.jobs import Job, JobStore, NewJob, new_local_id
+from bot.storage.jobs import Cooldown, CooldownActive, Job, JobStore, NewJob, new_local_id
+from bot.storage.quotas import Charge, QuotaExceeded
+from bot.storage.reports import counters
 
 log = logging.getLogger("imagine.service")
 
@@ -70,6 +73,8 @@ class Delivery(Protocol):
 
     async def failed(self, job: Job, error: BaseException) -> None: ...
 
+    async def moderation(self, channel_id: int, text: str) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Requester:
@@ -77,6 +82,7 @@ class Requester:
     guild_id: int | None = None
     channel_id: int | None = None
     user_id: int | None = None
+    role_ids: tuple[int, ...] = ()  # the member's roles: role overrides of the limits
 
     @property
     def guild_key(self) -> str:
@@ -123,8 +129,12 @@ class GenerationService:
         clock: Clock | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_requeues: int = 5,
+        gatekeeper: Gatekeeper | None = None,
+        store: Store | None = None,
     ) -> None:
         self._settings = settings
+        self._gate = gatekeeper
+        self._store = store
         #: a job put back by 429s more often than this fails (the bot's jobs have a deadline anyway;
         #: the CLI passes 0: after the client's own retries it reports the failure)
         self._max_requeues = max_requeues
@@ -187,12 +197,37 @@ class GenerationService:
         deadline_s: float | None = None,
         reply: ReplyHandle | None = None,
     ) -> Ticket:
-        """Admit and durably queue one request. Raises LimitReached (nothing spent) when refused."""
+        """Admit and durably queue one request. Raises LimitReached (nothing spent) when refused.
+
+        Order: moderation (block, channel, prompt rules) -> a queue slot -> the quota, reserved
+        in the same transaction that writes the job.
+        """
         if self._stopping:
             raise ShuttingDown("The bot is restarting; try again in a minute.")
         job_id = job_id if job_id is not None else new_local_id()
         if await self.jobs.get(job_id) is not None:
             return Ticket(job_id, self.scheduler.position(job_id), replayed=True)
+        try:
+            return await self._admit(request, who, job_id, deadline_s, reply)
+        except LimitReached as refusal:
+            await self._refused(who, request, refusal)
+            raise
+
+    async def _admit(
+        self,
+        request: GenerationRequest,
+        who: Requester,
+        job_id: int,
+        deadline_s: float | None,
+        reply: ReplyHandle | None,
+    ) -> Ticket:
+        charges: list[Charge] = []
+        cooldown: Cooldown | None = None
+        if who.guild_id is not None and who.user_id is not None and self._gate is not None:
+            await self._gate.screen(who.guild_id, who.user_id, who.channel_id, _screened_fields(request))
+            charges, cooldown_ms = await self._gate.charges(who.guild_id, who.user_id, who.role_ids)
+            if cooldown_ms:
+                cooldown = Cooldown(f"{who.guild_id}:{who.user_id}", self._gate.now_ms(), cooldown_ms)
         try:
             reservation = self.scheduler.reserve(
                 who.guild_key,
@@ -204,7 +239,17 @@ class GenerationService:
         except QueueRefusal as refusal:
             raise _limit_for(refusal, self._settings) from None
         try:
-            inserted = await self.jobs.insert(_new_job(job_id, request, who, reply))
+            inserted = await self.jobs.insert(
+                _new_job(job_id, request, who, reply), charges=charges, cooldown=cooldown
+            )
+        except QuotaExceeded as exc:
+            self.scheduler.cancel(reservation)
+            assert self._gate is not None and who.guild_id is not None
+            raise await self._gate.explain(who.guild_id, exc) from None
+        except CooldownActive as exc:
+            self.scheduler.cancel(reservation)
+            assert self._gate is not None
+            raise self._gate.cooldown_refusal(exc.last_ms, exc.cooldown_ms) from None
         except BaseException:
             self.scheduler.cancel(reservation)
             raise
@@ -213,6 +258,44 @@ class GenerationService:
             return Ticket(job_id, self.scheduler.position(job_id), replayed=True)
         self.scheduler.activate(reservation, job_id)
         return Ticket(job_id, self.scheduler.position(job_id))
+
+    async def _refused(self, who: Requester, request: GenerationRequest, refusal: LimitReached) -> None:
+        """Every refusal is recorded for the admins' report; moderation ones go to the log channel."""
+        if who.guild_id is None or self._gate is None:
+            return
+        try:
+            await self._gate.guilds.record_refusal(who.guild_id, who.user_id, refusal.limit, refusal.message)
+            if isinstance(refusal, RuleRefusal):
+                rule = refusal.match.rule
+                await self._mod_log(
+                    who.guild_id,
+                    f"🚫 Refused <@{who.user_id}> in <#{who.channel_id}> by rule #{rule.id} ({rule.kind} "
+                    f"`{rule.pattern}`, in the {refusal.match.field.replace('_', ' ')}): "
+                    f"{_excerpt(request.params.prompt)}",
+                )
+        except Exception:
+            log.exception("could not record a refusal")
+
+    async def _mod_log(self, guild_id: int, text: str) -> None:
+        """Post to the guild's moderation log channel, if it has one (best effort)."""
+        if self._gate is None:
+            return
+        channel_id = (await self._gate.policy(guild_id)).log_channel_id
+        if channel_id is not None:
+            await self._delivery.moderation(channel_id, text)
+
+    async def post_to_mod_log(self, guild_id: int, text: str) -> None:
+        try:
+            await self._mod_log(guild_id, text)
+        except Exception:
+            log.exception("could not post to the moderation log of guild %s", guild_id)
+
+    async def usage(self, who: Requester) -> Usage:
+        """What /usage shows: the caller's images today and this month, and the guild's budget."""
+        assert self._gate is not None and who.guild_id is not None and who.user_id is not None
+        charges, _ = await self._gate.charges(who.guild_id, who.user_id, who.role_ids)
+        used = await counters(self._store, [(c.scope, c.subject, c.period) for c in charges])
+        return await self._gate.usage(who.guild_id, who.user_id, who.role_ids, used)
 
     def queue_status(self, who: Requester) -> QueueStatus:
         """What /queue shows: this server's queue, the caller's places, the wait for a new request."""
@@ -367,6 +450,12 @@ class GenerationService:
             await self._delivery.failed(job, error)
         except Exception:
             log.exception("job %s: could not report the failure", job.id)
+        if isinstance(error, ContentRejected) and job.guild_id is not None:
+            await self.post_to_mod_log(
+                job.guild_id,
+                f"⚠️ The provider refused a prompt of <@{job.user_id}> (content safety, request "
+                f"`{request_id or '-'}`): {_excerpt(job.prompt)}",
+            )
         self._finished(job.id)
 
     # -- queue positions ---------------------------------------------------------------------------
@@ -451,6 +540,20 @@ def _new_job(job_id: int, request: GenerationRequest, who: Requester, reply: Rep
         token_expires_at=iso(reply.expires_at) if reply else None,
         message_id=reply.message_id if reply else None,
     )
+
+
+def _screened_fields(request: GenerationRequest) -> dict[str, str | None]:
+    """What prompt rules look at: the prompt, the negative prompt and the command's own fields."""
+    fields: dict[str, str | None] = {
+        "prompt": request.params.prompt,
+        "negative_prompt": request.params.negative_prompt,
+    }
+    fields.update({name: str(value) for name, value in request.inputs.items()})
+    return fields
+
+
+def _excerpt(text: str, limit: int = 200) -> str:
+    return "> " + (text if len(text) <= limit else text[: limit - 1] + "…").replace("\n", " ")
 
 
 def _limit_for(refusal: QueueRefusal, settings: Settings) -> LimitReached:

@@ -1,4 +1,4 @@
-"""/imagine, /poster, /couplet and /queue.
+"""/imagine, /poster, /couplet, /queue and /usage.
 
 Each command turns its options into a request with the pure builders (input is refused here,
 before anything is spent), acknowledges at once, and hands the request to the service; the
@@ -16,7 +16,7 @@ from discord.ext import commands
 
 from bot import presets
 from bot.requests import GenerationRequest
-from bot.ui import flow, render
+from bot.ui import flow, render, render_admin
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot
@@ -128,6 +128,13 @@ class Imagine(commands.Cog):
             queue_max=self.bot.settings.guild_queue_max,
         )
         await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=render.NO_PINGS)
+
+    @app_commands.command(
+        name="usage", description="Your images today and this month, and the server's budget"
+    )
+    async def usage(self, interaction: discord.Interaction) -> None:
+        usage = await self.bot.service.usage(flow.requester_of(interaction))
+        await interaction.response.send_message(embed=render_admin.usage_embed(usage), ephemeral=True)
 
 
 async def setup(bot: ImagineBot) -> None:

@@ -47,6 +47,9 @@ class RecordingDelivery:
         self.events.append(("failed", job.id))
         self.failures[job.id] = error
 
+    async def moderation(self, channel_id: int, text: str) -> None:
+        self.events.append(("moderation", channel_id))
+
 
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings]) -> Settings:

@@ -17,6 +17,14 @@ from typing import Any
 import aiosqlite
 
 from bot.storage.db import Store
+from bot.storage.quotas import (
+    Charge,
+    apply_charges,
+    charges_from_json,
+    charges_to_json,
+    refund_charges,
+    take_cooldown,
+)
 
 UNFINISHED = ("queued", "submitting", "generated")
 _DISCORD_EPOCH_MS = 1420070400000
@@ -29,6 +37,20 @@ def new_local_id() -> int:
     """A snowflake-shaped id for jobs that have no Discord interaction (the CLI)."""
     millis = int(time.time() * 1000) - _DISCORD_EPOCH_MS
     return (millis << 22) | (next(_SEQUENCE) & 0x3FFFFF)
+
+
+@dataclass(frozen=True, slots=True)
+class Cooldown:
+    subject: str
+    now_ms: int
+    cooldown_ms: int
+
+
+class CooldownActive(Exception):
+    def __init__(self, last_ms: int, cooldown_ms: int) -> None:
+        super().__init__(f"cooldown: last request at {last_ms}")
+        self.last_ms = last_ms
+        self.cooldown_ms = cooldown_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,39 +129,54 @@ class JobStore:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def insert(self, job: NewJob) -> bool:
-        """False when the id exists already (a replayed interaction): nothing is written."""
-        changed = await self._store.write(
-            """
-            INSERT INTO jobs (id, guild_id, channel_id, user_id, requester, command, style, model, prompt,
-                              negative_prompt, size, prompt_extend, watermark, inputs_json, queued_at,
-                              interaction_token, token_expires_at, message_id, reroll_of)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT(id) DO NOTHING
-            """,
-            (
-                job.id,
-                job.guild_id,
-                job.channel_id,
-                job.user_id,
-                job.requester,
-                job.command,
-                job.style,
-                job.model,
-                job.prompt,
-                job.negative_prompt,
-                job.size,
-                int(job.prompt_extend),
-                int(job.watermark),
-                json.dumps(job.inputs, ensure_ascii=False, sort_keys=True),
-                self._store.now(),
-                job.interaction_token,
-                job.token_expires_at,
-                job.message_id,
-                job.reroll_of,
-            ),
-        )
-        return changed == 1
+    async def insert(
+        self, job: NewJob, *, charges: list[Charge] | None = None, cooldown: Cooldown | None = None
+    ) -> bool:
+        """Write the job and reserve its quota in ONE transaction; False for a replayed id.
+
+        Raises QuotaExceeded or CooldownActive (and writes nothing) when a limit refuses.
+        """
+        charges = charges or []
+        async with self._store.transaction() as db:
+            cursor = await db.execute("SELECT 1 FROM jobs WHERE id = ?", (job.id,))
+            if await cursor.fetchone() is not None:
+                return False
+            if cooldown is not None:
+                blocking = await take_cooldown(db, cooldown.subject, cooldown.now_ms, cooldown.cooldown_ms)
+                if blocking is not None:
+                    raise CooldownActive(blocking, cooldown.cooldown_ms)
+            await apply_charges(db, charges)
+            await db.execute(
+                """
+                INSERT INTO jobs (id, guild_id, channel_id, user_id, requester, command, style, model, prompt,
+                                  negative_prompt, size, prompt_extend, watermark, inputs_json, queued_at,
+                                  interaction_token, token_expires_at, message_id, reroll_of, quota_json)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+                (
+                    job.id,
+                    job.guild_id,
+                    job.channel_id,
+                    job.user_id,
+                    job.requester,
+                    job.command,
+                    job.style,
+                    job.model,
+                    job.prompt,
+                    job.negative_prompt,
+                    job.size,
+                    int(job.prompt_extend),
+                    int(job.watermark),
+                    json.dumps(job.inputs, ensure_ascii=False, sort_keys=True),
+                    self._store.now(),
+                    job.interaction_token,
+                    job.token_expires_at,
+                    job.message_id,
+                    job.reroll_of,
+                    charges_to_json(charges),
+                ),
+            )
+        return True
 
     async def get(self, job_id: int) -> Job | None:
         row = await self._store.fetch_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
@@ -199,16 +236,29 @@ class JobStore:
     async def mark_failed(
         self, job_id: int, *, error_code: str, error_message: str, request_id: str | None = None
     ) -> bool:
-        return await self._update(
-            job_id,
-            "state = 'failed', error_code = :error_code, error_message = :error_message,"
-            " request_id = COALESCE(:request_id, request_id), cost_fen = 0, finished_at = :now,"
-            " interaction_token = NULL",
-            "state IN ('queued', 'submitting', 'generated')",
-            error_code=error_code,
-            error_message=error_message[:1000],
-            request_id=request_id,
-        )
+        """Failed, never charged, and whatever the job reserved is given back, all at once."""
+        async with self._store.transaction() as db:
+            cursor = await db.execute(
+                """
+                UPDATE jobs SET state = 'failed', error_code = :error_code, error_message = :error_message,
+                    request_id = COALESCE(:request_id, request_id), cost_fen = 0, finished_at = :now,
+                    interaction_token = NULL
+                WHERE id = :id AND state IN ('queued', 'submitting', 'generated')
+                RETURNING quota_json
+                """,
+                {
+                    "id": job_id,
+                    "error_code": error_code,
+                    "error_message": error_message[:1000],
+                    "request_id": request_id,
+                    "now": self._store.now(),
+                },
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                return False
+            await refund_charges(db, charges_from_json(row[0]))
+        return True
 
     async def _update(self, job_id: int, assignments: str, condition: str, **values: Any) -> bool:
         values.update(id=job_id, now=self._store.now())

@@ -97,6 +97,11 @@ class DiscordDelivery:
                 return
             await self._post_in_channel(job, content=f"<@{job.user_id}> {text}")
 
+    async def moderation(self, channel_id: int, text: str) -> None:
+        """A line in a guild's moderation log channel; it names people but pings nobody."""
+        channel = self._client.get_partial_messageable(channel_id)
+        await channel.send(text[:2000], allowed_mentions=render.NO_PINGS)
+
     # -- edits of the reply ----------------------------------------------------------------------
     def _status(self, job: Job, text: str) -> None:
         if not self._token_usable(job):

@@ -19,11 +19,13 @@ DELIVERY_MARGIN_S = 60.0
 
 
 def requester_of(interaction: discord.Interaction) -> Requester:
+    roles = getattr(interaction.user, "roles", [])  # a Member in a server: role overrides of the limits
     return Requester(
         str(interaction.user.id),
         guild_id=interaction.guild_id,
         channel_id=interaction.channel_id,
         user_id=interaction.user.id,
+        role_ids=tuple(role.id for role in roles),
     )
 
 

@@ -1,0 +1,241 @@
+"""/imagine-admin: limits, budgets, moderation and reports, for server admins.
+
+The group is visible only to members with Manage Server by default
+(`default_permissions`), and checked again at run time because server owners can change who
+sees a command. Every change is answered privately and posted to the moderation log channel.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.app_commands import Choice, Range
+from discord.ext import commands
+
+from bot.admin import parse_cny, parse_count
+from bot.ui import render, render_admin
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+
+
+class Admin(commands.Cog):
+    admin = app_commands.Group(
+        name="imagine-admin",
+        description="Limits, budgets, moderation and reports for imagine-bot",
+        default_permissions=discord.Permissions(manage_guild=True),
+        guild_only=True,
+    )
+    limits = app_commands.Group(name="limits", description="Per-user limits, budgets, cooldown", parent=admin)
+    rules = app_commands.Group(
+        name="rules", description="Words and patterns refused in prompts", parent=admin
+    )
+    channels = app_commands.Group(name="channels", description="Where images may be made", parent=admin)
+
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        """Checked for every command of this cog, subgroups included (a group's own check is not).
+
+        Discord hides the group from non-admins by default, but a server can re-grant it.
+        """
+        return bool(interaction.guild_id) and interaction.permissions.manage_guild
+
+    @property
+    def _admin(self):
+        assert self.bot.pipeline is not None
+        return self.bot.pipeline.admin
+
+    async def _changed(self, interaction: discord.Interaction, text: str) -> None:
+        """Answer the admin privately and tell the moderation log."""
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=render.NO_PINGS)
+        assert interaction.guild_id is not None
+        await self.bot.service.post_to_mod_log(interaction.guild_id, f"⚙️ {text}")
+
+    # -- limits ---------------------------------------------------------------------------------
+    @limits.command(name="show", description="The limits in force in this server")
+    async def limits_show(self, interaction: discord.Interaction) -> None:
+        policy = await self._admin.policy(interaction.guild_id)
+        await interaction.response.send_message(
+            embed=render_admin.limits_embed(policy), ephemeral=True, allowed_mentions=render.NO_PINGS
+        )
+
+    @limits.command(name="set", description="Change this server's limits (numbers, or 'unlimited')")
+    @app_commands.describe(
+        daily="Images per user per day (or 'unlimited')",
+        monthly="Images per user per month (or 'unlimited')",
+        cooldown="Seconds between one user's requests",
+        daily_budget="CNY this server may spend per day (or 'none')",
+        monthly_budget="CNY this server may spend per month (or 'none')",
+        timezone="Where days and months roll over, e.g. Asia/Shanghai",
+    )
+    async def limits_set(
+        self,
+        interaction: discord.Interaction,
+        daily: str | None = None,
+        monthly: str | None = None,
+        cooldown: Range[int, 0, 86400] | None = None,
+        daily_budget: str | None = None,
+        monthly_budget: str | None = None,
+        timezone: str | None = None,
+    ) -> None:
+        changes: dict[str, object] = {}
+        if daily is not None:
+            changes["daily"] = parse_count(daily)
+        if monthly is not None:
+            changes["monthly"] = parse_count(monthly)
+        if cooldown is not None:
+            changes["cooldown_s"] = cooldown
+        if daily_budget is not None:
+            changes["daily_budget_fen"] = parse_cny(daily_budget)
+        if monthly_budget is not None:
+            changes["monthly_budget_fen"] = parse_cny(monthly_budget)
+        if timezone is not None:
+            changes["timezone"] = timezone.strip()
+        text = await self._admin.set_limits(interaction.guild_id, interaction.user.id, **changes)
+        await self._changed(interaction, text)
+
+    @limits.command(name="role", description="Override the image limits for members with a role")
+    @app_commands.describe(daily="Images a day (or 'unlimited')", monthly="Images a month (or 'unlimited')")
+    async def limits_role(
+        self, interaction: discord.Interaction, role: discord.Role, daily: str, monthly: str = "unlimited"
+    ) -> None:
+        text = await self._admin.set_role_limit(
+            interaction.guild_id,
+            interaction.user.id,
+            role.id,
+            daily=parse_count(daily),
+            monthly=parse_count(monthly),
+        )
+        await self._changed(interaction, text)
+
+    @limits.command(name="clear-role", description="Remove a role's override")
+    async def limits_clear_role(self, interaction: discord.Interaction, role: discord.Role) -> None:
+        await self._changed(
+            interaction,
+            await self._admin.clear_role_limit(interaction.guild_id, interaction.user.id, role.id),
+        )
+
+    # -- blocks ---------------------------------------------------------------------------------
+    @admin.command(name="block", description="Stop a member from generating images")
+    @app_commands.describe(reason="Told to the member", hours="How long (empty: until unblocked)")
+    async def block(
+        self,
+        interaction: discord.Interaction,
+        user: discord.User,
+        reason: Range[str, 1, 200],
+        hours: Range[int, 1, 24 * 365] | None = None,
+    ) -> None:
+        duration = timedelta(hours=hours) if hours else None
+        text = await self._admin.block(interaction.guild_id, interaction.user.id, user.id, reason, duration)
+        await self._changed(interaction, text)
+
+    @admin.command(name="unblock", description="Let a blocked member generate images again")
+    async def unblock(self, interaction: discord.Interaction, user: discord.User) -> None:
+        await self._changed(
+            interaction, await self._admin.unblock(interaction.guild_id, interaction.user.id, user.id)
+        )
+
+    @admin.command(name="blocks", description="Who is blocked, why, and until when")
+    async def blocks(self, interaction: discord.Interaction) -> None:
+        blocks = await self._admin.blocks(interaction.guild_id)
+        await interaction.response.send_message(embed=render_admin.blocks_embed(blocks), ephemeral=True)
+
+    # -- prompt rules ---------------------------------------------------------------------------
+    @rules.command(name="add", description="Refuse prompts containing a word or matching a pattern")
+    @app_commands.describe(
+        kind="word: the word in any case, spacing or full-width form; regex: a regular expression",
+        pattern="The word or the regular expression",
+        reason="What a refused member is told",
+    )
+    @app_commands.choices(kind=[Choice(name="word", value="word"), Choice(name="regex", value="regex")])
+    async def rules_add(
+        self,
+        interaction: discord.Interaction,
+        kind: Choice[str],
+        pattern: Range[str, 1, 200],
+        reason: Range[str, 1, 200],
+    ) -> None:
+        _, text = await self._admin.add_rule(
+            interaction.guild_id,
+            interaction.user.id,
+            kind.value,
+            pattern,
+            reason,  # type: ignore[arg-type]
+        )
+        await self._changed(interaction, text)
+
+    @rules.command(name="remove", description="Remove a prompt rule by its number")
+    async def rules_remove(self, interaction: discord.Interaction, rule: int) -> None:
+        await self._changed(
+            interaction, await self._admin.remove_rule(interaction.guild_id, interaction.user.id, rule)
+        )
+
+    @rules.command(name="list", description="This server's prompt rules")
+    async def rules_list(self, interaction: discord.Interaction) -> None:
+        rules = await self._admin.rules(interaction.guild_id)
+        await interaction.response.send_message(embed=render_admin.rules_embed(rules), ephemeral=True)
+
+    # -- channels and the log -------------------------------------------------------------------
+    @channels.command(name="allow", description="Allow images in a channel (then only allowed channels work)")
+    async def channels_allow(self, interaction: discord.Interaction, channel: discord.TextChannel) -> None:
+        text = await self._admin.allow_channel(interaction.guild_id, interaction.user.id, channel.id, True)
+        await self._changed(interaction, text)
+
+    @channels.command(name="disallow", description="Remove a channel from the allowed list")
+    async def channels_disallow(self, interaction: discord.Interaction, channel: discord.TextChannel) -> None:
+        text = await self._admin.allow_channel(interaction.guild_id, interaction.user.id, channel.id, False)
+        await self._changed(interaction, text)
+
+    @channels.command(name="list", description="Where images may be made")
+    async def channels_list(self, interaction: discord.Interaction) -> None:
+        policy = await self._admin.policy(interaction.guild_id)
+        listed = ", ".join(f"<#{c}>" for c in sorted(policy.allowed_channels)) or "every channel"
+        await interaction.response.send_message(f"Images can be made in: {listed}.", ephemeral=True)
+
+    @admin.command(
+        name="log-channel", description="Where refusals, blocks and changes are posted (empty: off)"
+    )
+    async def log_channel(
+        self, interaction: discord.Interaction, channel: discord.TextChannel | None = None
+    ) -> None:
+        text = await self._admin.set_log_channel(
+            interaction.guild_id, interaction.user.id, channel.id if channel else None
+        )
+        await self._changed(interaction, text)
+
+    # -- usage, reports, export -----------------------------------------------------------------
+    @admin.command(name="reset", description="Give a member back today's images")
+    async def reset(self, interaction: discord.Interaction, user: discord.User) -> None:
+        await self._changed(
+            interaction, await self._admin.reset_today(interaction.guild_id, interaction.user.id, user.id)
+        )
+
+    @admin.command(name="report", description="Top users, spend, failures and refusals over a period")
+    @app_commands.describe(days="How many days back (default 7)")
+    async def report(self, interaction: discord.Interaction, days: Range[int, 1, 366] = 7) -> None:
+        report = await self._admin.report(interaction.guild_id, days)
+        await interaction.response.send_message(
+            embed=render_admin.report_embed(report, days), ephemeral=True, allowed_mentions=render.NO_PINGS
+        )
+
+    @admin.command(name="export", description="This server's ledger as a CSV file")
+    @app_commands.describe(days="How many days back (default 30)")
+    async def export(self, interaction: discord.Interaction, days: Range[int, 1, 366] = 30) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        data = await self._admin.export_csv(interaction.guild_id, days)
+        name = f"imagine-ledger-{interaction.guild_id}-{days}d.csv"
+        await interaction.followup.send(
+            f"The ledger of the last {days} day(s).",
+            file=discord.File(io.BytesIO(data), filename=name),
+            ephemeral=True,
+        )
+
+
+async def setup(bot: ImagineBot) -> None:
+    await bot.add_cog(Admin(bot))
