@@ -151,9 +151,7 @@ class GuildAdmin:
         return await self._guilds.blocks(guild_id)
 
     # -- prompt rules ---------------------------------------------------------------------------
-    async def add_rule(
-        self, guild_id: int, actor: int, kind: RuleKind, pattern: str, reason: str
-    ) -> tuple[Rule, str]:
+    async def add_rule(self, guild_id: int, actor: int, kind: RuleKind, pattern: str, reason: str) -> tuple[Rule, str]:
         compile_rule(kind, pattern)  # refuses invalid or catastrophically slow expressions
         rule = await self._guilds.add_rule(guild_id, kind, pattern.strip(), _reason(reason), actor=actor)
         self._gate.forget(guild_id)
@@ -184,9 +182,7 @@ class GuildAdmin:
         else:
             await self._guilds.update_overrides(guild_id, {"log_channel_id": channel_id}, actor=actor)
         self._gate.forget(guild_id)
-        return f"<@{actor}> " + (
-            f"set the moderation log to <#{channel_id}>." if channel_id else "turned off the log."
-        )
+        return f"<@{actor}> " + (f"set the moderation log to <#{channel_id}>." if channel_id else "turned off the log.")
 
     async def set_cache(self, guild_id: int, actor: int, *, enabled: bool | None, counts: bool | None) -> str:
         changes: dict[str, Any] = {}

@@ -37,16 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--style", choices=list(STYLES), help="a named scenario (default: rapid)")
     generate.add_argument("--size", help="WIDTH*HEIGHT: " + ", ".join(s.value for s in SIZES))
     generate.add_argument("--negative", metavar="TEXT", help="what to keep out of the image")
-    generate.add_argument(
-        "--no-extend", action="store_true", help="do not let the provider rewrite the prompt"
-    )
+    generate.add_argument("--no-extend", action="store_true", help="do not let the provider rewrite the prompt")
     generate.add_argument("--no-watermark", action="store_true", help="ask for no provider watermark")
     generate.add_argument("-o", "--output", type=Path, help="file to write (default: imagine-<job id>.<ext>)")
 
     usage = commands.add_parser("usage", help="summarise images, cost and failures from the store")
-    usage.add_argument(
-        "--since", metavar="DATE", help="only jobs queued on or after this date (YYYY-MM-DD, UTC)"
-    )
+    usage.add_argument("--since", metavar="DATE", help="only jobs queued on or after this date (YYYY-MM-DD, UTC)")
     usage.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     return parser
 
@@ -59,9 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"imagine-bot: {exc.message}", file=sys.stderr)
         return 2
-    secrets = [
-        s.get_secret_value() for s in (settings.nebula_api_key, settings.discord_token) if s is not None
-    ]
+    secrets = [s.get_secret_value() for s in (settings.nebula_api_key, settings.discord_token) if s is not None]
     configure_logging(settings.log_level if command in ("run", "sync") else "WARNING", secrets)
     try:
         if command == "run":

@@ -94,14 +94,8 @@ class Gatekeeper:
         """Blocks, channels and prompt rules; raises Refused with the public reason."""
         block = await self.guilds.active_block(guild_id, user_id)
         if block is not None:
-            until = (
-                f" until {discord_time(datetime.fromisoformat(block.expires_at), 'f')}"
-                if block.expires_at
-                else ""
-            )
-            raise Refused(
-                f"You are blocked from generating images here{until}: {block.reason}", limit="blocked"
-            )
+            until = f" until {discord_time(datetime.fromisoformat(block.expires_at), 'f')}" if block.expires_at else ""
+            raise Refused(f"You are blocked from generating images here{until}: {block.reason}", limit="blocked")
         policy = await self.policy(guild_id)
         if not policy.channel_allowed(channel_id):
             channels = ", ".join(f"<#{c}>" for c in sorted(policy.allowed_channels))
@@ -113,9 +107,7 @@ class Gatekeeper:
                 raise RuleRefusal(match)
 
     # -- limits -----------------------------------------------------------------------------------
-    async def charges(
-        self, guild_id: int, user_id: int, role_ids: tuple[int, ...]
-    ) -> tuple[list[Charge], int]:
+    async def charges(self, guild_id: int, user_id: int, role_ids: tuple[int, ...]) -> tuple[list[Charge], int]:
         """The counters one image must fit in (with limits), and the cooldown in ms."""
         policy = await self.policy(guild_id)
         now = self._utcnow()
@@ -160,9 +152,7 @@ class Gatekeeper:
     def now_ms(self) -> int:
         return int(self._utcnow().timestamp() * 1000)
 
-    async def usage(
-        self, guild_id: int, user_id: int, role_ids: tuple[int, ...], counters: Mapping[str, int]
-    ) -> Usage:
+    async def usage(self, guild_id: int, user_id: int, role_ids: tuple[int, ...], counters: Mapping[str, int]) -> Usage:
         policy = await self.policy(guild_id)
         daily, monthly = member_limits(policy, role_ids)
         return Usage(

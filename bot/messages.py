@@ -27,24 +27,17 @@ def describe(error: BaseException) -> str:
     if isinstance(error, InvalidInput | LimitReached | ConfigError):
         return error.message
     if isinstance(error, ContentRejected):
-        return (
-            "The image provider refused this prompt (content safety). "
-            f"Rephrase it and try again. {NOT_CHARGED}"
-        )
+        return f"The image provider refused this prompt (content safety). Rephrase it and try again. {NOT_CHARGED}"
     if isinstance(error, BadRequest):
         return f"The image service refused the request: {error.message}. {NOT_CHARGED}"
     if isinstance(error, AuthenticationFailed | PermissionDenied):
-        return (
-            f"Image generation is unavailable right now; the bot's operators have been alerted. {NOT_CHARGED}"
-        )
+        return f"Image generation is unavailable right now; the bot's operators have been alerted. {NOT_CHARGED}"
     if isinstance(error, RateLimited):
         return f"The image service is too busy right now; try again in a few minutes. {NOT_CHARGED}"
     if isinstance(error, ServerError | Timeout):
         return f"The image service failed after several tries. {NOT_CHARGED} Please try again."
     if isinstance(error, ImageDownloadError):
-        return (
-            f"The image could not be fetched safely from the image service ({error.message}). {NOT_CHARGED}"
-        )
+        return f"The image could not be fetched safely from the image service ({error.message}). {NOT_CHARGED}"
     if isinstance(error, MalformedResponse):
         return f"The image service sent an unexpected reply. {NOT_CHARGED}"
     if isinstance(error, ImagineError):

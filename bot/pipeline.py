@@ -78,9 +78,7 @@ class Pipeline:
                 gateway_url=settings.nebula_base_url,
                 max_bytes=settings.image_max_bytes,
             )
-            limiter = UpstreamLimiter(
-                concurrency=settings.upstream_concurrency, rpm=settings.upstream_rpm, clock=clock
-            )
+            limiter = UpstreamLimiter(concurrency=settings.upstream_concurrency, rpm=settings.upstream_rpm, clock=clock)
             gatekeeper = Gatekeeper(settings, GuildStore(store), utcnow=wall_clock)
             service = GenerationService(
                 settings=settings,
@@ -99,9 +97,7 @@ class Pipeline:
             await http.aclose()
             await store.close()
             raise
-        return cls(
-            settings=settings, store=store, http=http, service=service, admin=GuildAdmin(store, gatekeeper)
-        )
+        return cls(settings=settings, store=store, http=http, service=service, admin=GuildAdmin(store, gatekeeper))
 
     async def close(self, grace_s: float | None = None) -> None:
         try:

@@ -56,9 +56,7 @@ def parse_size(value: str) -> tuple[int, int]:
     """``"1328*1328"`` (or ``"1328x1328"``, ``"1328×1328"``) -> ``(1328, 1328)``."""
     match = _SIZE_RE.match(value) if isinstance(value, str) else None
     if not match or int(match[1]) <= 0 or int(match[2]) <= 0:
-        raise InvalidInput(
-            f"Size '{value}' is not in the form WIDTH*HEIGHT, for example 1328*1328.", field="size"
-        )
+        raise InvalidInput(f"Size '{value}' is not in the form WIDTH*HEIGHT, for example 1328*1328.", field="size")
     return int(match[1]), int(match[2])
 
 
@@ -174,9 +172,7 @@ def validate_text(value: str | None, *, field: str, max_chars: int, required: bo
         category = unicodedata.category(char)
         if category in ("Cc", "Cs") or char in _BIDI:
             kind = "an invisible text-direction character" if char in _BIDI else "a control character"
-            raise InvalidInput(
-                f"The {name} contains {kind} (U+{ord(char):04X}); remove it and try again.", field=field
-            )
+            raise InvalidInput(f"The {name} contains {kind} (U+{ord(char):04X}); remove it and try again.", field=field)
     if len(text) > max_chars:
         raise InvalidInput(
             f"The {name} is {len(text)} characters long; the limit is {max_chars}. Shorten it and try again.",
@@ -259,9 +255,7 @@ def resolve_params(
     return ImageParams(
         prompt=validate_text(prompt, field="prompt", max_chars=prompt_max_chars),
         size=validate_size(size or chosen.size or default_size, allowed_sizes),
-        negative_prompt=validate_text(
-            negative, field="negative_prompt", max_chars=negative_max_chars, required=False
-        ),
+        negative_prompt=validate_text(negative, field="negative_prompt", max_chars=negative_max_chars, required=False),
         prompt_extend=chosen.prompt_extend if prompt_extend is None else bool(prompt_extend),
         watermark=chosen.watermark if watermark is None else bool(watermark),
         style=chosen.name,

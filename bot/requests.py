@@ -65,9 +65,7 @@ class RequestBuilder:
         prompt = presets.poster_prompt(title, subtitle, background)
         params = self._resolve(prompt, style=style or POSTER_DEFAULT_STYLE, size=size, watermark=watermark)
         inputs = _present(title=title, subtitle=subtitle, background=background)
-        return GenerationRequest(
-            command="poster", params=params, model=self._settings.image_model, inputs=inputs
-        )
+        return GenerationRequest(command="poster", params=params, model=self._settings.image_model, inputs=inputs)
 
     def couplet(
         self,
@@ -82,9 +80,7 @@ class RequestBuilder:
         prompt = presets.couplet_prompt(left, right, horizontal, background, font)
         params = self._resolve(prompt, style=COUPLET_STYLE, size=size)
         inputs = _present(left=left, right=right, horizontal=horizontal, background=background, font=font)
-        return GenerationRequest(
-            command="couplet", params=params, model=self._settings.image_model, inputs=inputs
-        )
+        return GenerationRequest(command="couplet", params=params, model=self._settings.image_model, inputs=inputs)
 
     def reroll(self, job: Job) -> GenerationRequest:
         """The same parameters again, as a new job (a new image, charged again)."""
@@ -103,9 +99,7 @@ class RequestBuilder:
     def _resolve(self, prompt: str, **choices: Any) -> ImageParams:
         settings = self._settings
         # the spec's default size, unless the operator's IMAGE_SIZES left it out
-        default_size = (
-            presets.DEFAULT_SIZE if presets.DEFAULT_SIZE in settings.image_sizes else settings.image_sizes[0]
-        )
+        default_size = presets.DEFAULT_SIZE if presets.DEFAULT_SIZE in settings.image_sizes else settings.image_sizes[0]
         return presets.resolve_params(
             prompt,
             allowed_sizes=settings.image_sizes,

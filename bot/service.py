@@ -144,9 +144,7 @@ class GenerationService:
         self._fetcher = fetcher
         self._delivery = delivery
         self._sleep = sleep
-        self.scheduler = Scheduler(
-            limiter, self._run, clock=clock or SystemClock(), on_change=self._queue_changed
-        )
+        self.scheduler = Scheduler(limiter, self._run, clock=clock or SystemClock(), on_change=self._queue_changed)
         self._waiters: dict[int, list[asyncio.Future[Job]]] = defaultdict(list)
         self._requeues: dict[int, int] = defaultdict(int)
         self._published: dict[int, tuple[int, int]] = {}
@@ -239,9 +237,7 @@ class GenerationService:
         except QueueRefusal as refusal:
             raise _limit_for(refusal, self._settings) from None
         try:
-            inserted = await self.jobs.insert(
-                _new_job(job_id, request, who, reply), charges=charges, cooldown=cooldown
-            )
+            inserted = await self.jobs.insert(_new_job(job_id, request, who, reply), charges=charges, cooldown=cooldown)
         except QuotaExceeded as exc:
             self.scheduler.cancel(reservation)
             assert self._gate is not None and who.guild_id is not None
@@ -416,9 +412,7 @@ class GenerationService:
             if data is not None and kind is not None:
                 return DownloadedImage(data=data, kind=kind), job.image_sha256
         if not job.image_url:
-            raise ImageLost(
-                "The generated image was lost before it could be delivered. " + messages.NOT_CHARGED
-            )
+            raise ImageLost("The generated image was lost before it could be delivered. " + messages.NOT_CHARGED)
         image = await self._fetcher.fetch(job.image_url, request_id=job.request_id)
         sha256 = await self._images.put(image.data)
         await self.jobs.set_image(job.id, sha256)
@@ -559,9 +553,7 @@ def _excerpt(text: str, limit: int = 200) -> str:
 def _limit_for(refusal: QueueRefusal, settings: Settings) -> LimitReached:
     wait = max(1, round(refusal.retry_after_s or 60))
     if refusal.reason == "guild_queue_full":
-        text = (
-            f"This server's queue is full ({settings.guild_queue_max} waiting). Try again in about {wait} s."
-        )
+        text = f"This server's queue is full ({settings.guild_queue_max} waiting). Try again in about {wait} s."
     elif refusal.reason == "user_pending":
         text = (
             f"You already have {settings.user_pending_max} image(s) queued or generating. "

@@ -31,9 +31,7 @@ class Admin(commands.Cog):
         guild_only=True,
     )
     limits = app_commands.Group(name="limits", description="Per-user limits, budgets, cooldown", parent=admin)
-    rules = app_commands.Group(
-        name="rules", description="Words and patterns refused in prompts", parent=admin
-    )
+    rules = app_commands.Group(name="rules", description="Words and patterns refused in prompts", parent=admin)
     channels = app_commands.Group(name="channels", description="Where images may be made", parent=admin)
 
     def __init__(self, bot: ImagineBot) -> None:
@@ -137,9 +135,7 @@ class Admin(commands.Cog):
 
     @admin.command(name="unblock", description="Let a blocked member generate images again")
     async def unblock(self, interaction: discord.Interaction, user: discord.User) -> None:
-        await self._changed(
-            interaction, await self._admin.unblock(interaction.guild_id, interaction.user.id, user.id)
-        )
+        await self._changed(interaction, await self._admin.unblock(interaction.guild_id, interaction.user.id, user.id))
 
     @admin.command(name="blocks", description="Who is blocked, why, and until when")
     async def blocks(self, interaction: discord.Interaction) -> None:
@@ -172,9 +168,7 @@ class Admin(commands.Cog):
 
     @rules.command(name="remove", description="Remove a prompt rule by its number")
     async def rules_remove(self, interaction: discord.Interaction, rule: int) -> None:
-        await self._changed(
-            interaction, await self._admin.remove_rule(interaction.guild_id, interaction.user.id, rule)
-        )
+        await self._changed(interaction, await self._admin.remove_rule(interaction.guild_id, interaction.user.id, rule))
 
     @rules.command(name="list", description="This server's prompt rules")
     async def rules_list(self, interaction: discord.Interaction) -> None:
@@ -198,12 +192,8 @@ class Admin(commands.Cog):
         listed = ", ".join(f"<#{c}>" for c in sorted(policy.allowed_channels)) or "every channel"
         await interaction.response.send_message(f"Images can be made in: {listed}.", ephemeral=True)
 
-    @admin.command(
-        name="log-channel", description="Where refusals, blocks and changes are posted (empty: off)"
-    )
-    async def log_channel(
-        self, interaction: discord.Interaction, channel: discord.TextChannel | None = None
-    ) -> None:
+    @admin.command(name="log-channel", description="Where refusals, blocks and changes are posted (empty: off)")
+    async def log_channel(self, interaction: discord.Interaction, channel: discord.TextChannel | None = None) -> None:
         text = await self._admin.set_log_channel(
             interaction.guild_id, interaction.user.id, channel.id if channel else None
         )

@@ -129,9 +129,7 @@ class Imagine(commands.Cog):
         )
         await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=render.NO_PINGS)
 
-    @app_commands.command(
-        name="usage", description="Your images today and this month, and the server's budget"
-    )
+    @app_commands.command(name="usage", description="Your images today and this month, and the server's budget")
     async def usage(self, interaction: discord.Interaction) -> None:
         usage = await self.bot.service.usage(flow.requester_of(interaction))
         await interaction.response.send_message(embed=render_admin.usage_embed(usage), ephemeral=True)

@@ -20,9 +20,7 @@ if TYPE_CHECKING:
     from bot.app import ImagineBot
 
 
-class _JobButton(
-    discord.ui.DynamicItem[discord.ui.Button], template=r"imagine:(?P<action>\w+):(?P<job_id>\d+)"
-):
+class _JobButton(discord.ui.DynamicItem[discord.ui.Button], template=r"imagine:(?P<action>\w+):(?P<job_id>\d+)"):
     """Base: parses `imagine:<action>:<job id>`; subclasses set the action and the handler."""
 
     action = ""
@@ -87,9 +85,7 @@ class DeleteButton(_JobButton, template=r"imagine:delete:(?P<job_id>\d+)"):
 
     async def handle(self, interaction: discord.Interaction, bot: ImagineBot) -> None:
         job = await bot.service.jobs.get(self.job_id)
-        allowed = interaction.permissions.manage_messages or (
-            job is not None and job.user_id == interaction.user.id
-        )
+        allowed = interaction.permissions.manage_messages or (job is not None and job.user_id == interaction.user.id)
         if not allowed:
             await interaction.response.send_message(render.NOT_ALLOWED_TO_DELETE, ephemeral=True)
             return

@@ -19,9 +19,7 @@ from tests.fakes.png import png_size
 BIN = Path(sys.executable).parent
 
 
-def run_cli(
-    tmp_path: Path, fake: FakeImageApi | None, *args: str, **env: str
-) -> subprocess.CompletedProcess[str]:
+def run_cli(tmp_path: Path, fake: FakeImageApi | None, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     values = {"DATABASE_URL": f"sqlite:///{tmp_path / 'imagine.db'}", "CACHE_DIR": str(tmp_path / "cache")}
     if fake is not None:
         values.update(NEBULA_API_KEY=TEST_API_KEY, NEBULA_BASE_URL=fake.base_url)
@@ -111,9 +109,7 @@ def test_inline_b64_image_is_written_too(tmp_path: Path, fake_api: FakeImageApi)
         (["kitten", "--negative", "bad\x07bell"], "control character"),
     ],
 )
-def test_invalid_input_exits_2_and_sends_nothing(
-    tmp_path: Path, fake_api: FakeImageApi, args, message
-) -> None:
+def test_invalid_input_exits_2_and_sends_nothing(tmp_path: Path, fake_api: FakeImageApi, args, message) -> None:
     result = run_cli(tmp_path, fake_api, "generate", *args)
     assert result.returncode == 2
     assert message in result.stderr

@@ -63,9 +63,7 @@ def test_secrets_do_not_print() -> None:
         ("PRICE_PER_IMAGE_CNY", "-1", "PRICE_PER_IMAGE_CNY is invalid"),
     ],
 )
-def test_invalid_value_is_one_clear_line(
-    monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
-) -> None:
+def test_invalid_value_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError) as caught:
         load_settings(_env_file=None)

@@ -232,9 +232,7 @@ def test_text_at_the_limit_is_accepted():
 def test_text_one_over_the_limit_is_refused_with_the_counts():
     with pytest.raises(InvalidInput) as exc:
         validate_text("x" * 801, field="prompt", max_chars=800)
-    assert (
-        exc.value.message == "The prompt is 801 characters long; the limit is 800. Shorten it and try again."
-    )
+    assert exc.value.message == "The prompt is 801 characters long; the limit is 800. Shorten it and try again."
 
 
 def test_surrounding_whitespace_does_not_count_towards_the_limit():
@@ -279,16 +277,13 @@ def test_ordinary_unicode_is_accepted():
 
 def test_poster_prompt_matches_the_spec_example():
     assert poster_prompt("Summer Sale", "50% off site-wide", "a fresh beach scene") == (
-        "A poster with the title 'Summer Sale' and subtitle '50% off site-wide', "
-        "background is a fresh beach scene"
+        "A poster with the title 'Summer Sale' and subtitle '50% off site-wide', background is a fresh beach scene"
     )
 
 
 def test_poster_prompt_omits_absent_clauses():
     assert poster_prompt("Summer Sale") == "A poster with the title 'Summer Sale'"
-    assert (
-        poster_prompt("Sale", background="a beach") == "A poster with the title 'Sale', background is a beach"
-    )
+    assert poster_prompt("Sale", background="a beach") == "A poster with the title 'Sale', background is a beach"
     assert poster_prompt("Sale", subtitle=" ") == "A poster with the title 'Sale'"
 
 

@@ -81,9 +81,7 @@ def request(settings: Settings, prompt: str = "A cute orange kitten"):
 USER = Requester("42", guild_id=1, channel_id=2, user_id=42)
 
 
-async def test_a_job_is_generated_delivered_and_charged(
-    settings, pipeline: Pipeline, delivery, fake_api
-) -> None:
+async def test_a_job_is_generated_delivered_and_charged(settings, pipeline: Pipeline, delivery, fake_api) -> None:
     ticket = await pipeline.service.submit(request(settings), USER, job_id=1001)
     job = await asyncio.wait_for(pipeline.service.wait(ticket.job_id), 10)
     assert (job.state, job.cost_fen, job.upstream_fen) == ("delivered", 18, 18)
@@ -174,9 +172,7 @@ async def test_positions_are_published_as_the_queue_moves(make_settings, deliver
     pipeline = await Pipeline.open(settings, delivery)
     await pipeline.service.start()
     try:
-        tickets = [
-            await pipeline.service.submit(request(settings, f"p{i}"), USER, job_id=100 + i) for i in range(3)
-        ]
+        tickets = [await pipeline.service.submit(request(settings, f"p{i}"), USER, job_id=100 + i) for i in range(3)]
         assert tickets[2].position is not None and tickets[2].position.guild_position >= 2
         for ticket in tickets:
             await asyncio.wait_for(pipeline.service.wait(ticket.job_id), 10)
@@ -228,9 +224,7 @@ async def seed(settings: Settings, *jobs: tuple[int, str, dict]) -> None:
     await store.close()
 
 
-async def test_restart_resumes_every_unfinished_job_exactly_once(
-    settings: Settings, delivery, fake_api
-) -> None:
+async def test_restart_resumes_every_unfinished_job_exactly_once(settings: Settings, delivery, fake_api) -> None:
     url = fake_api.url + "/files/missing-ok.png"
     # a URL the fake will serve: ask it for one image first, outside any job
     import httpx
@@ -273,9 +267,7 @@ async def test_restart_resumes_every_unfinished_job_exactly_once(
     assert finals[4].error_code == "JobInterrupted"
 
 
-async def test_server_error_fails_cleanly_after_retries(
-    settings, pipeline: Pipeline, delivery, fake_api
-) -> None:
+async def test_server_error_fails_cleanly_after_retries(settings, pipeline: Pipeline, delivery, fake_api) -> None:
     pipeline.service._client._sleep = _no_sleep
     fake_api.script(*[Reply.error(500)] * 3)
     ticket = await pipeline.service.submit(request(settings), USER)

@@ -126,9 +126,7 @@ class ImageClient:
         except httpx.HTTPError as exc:
             # The request was sent and the connection broke: the image may be generating (and
             # billed), so this is not retried.
-            raise ServerError(
-                f"connection lost after sending ({type(exc).__name__})", retryable=False
-            ) from None
+            raise ServerError(f"connection lost after sending ({type(exc).__name__})", retryable=False) from None
         return parse_response(response)
 
 
@@ -140,9 +138,7 @@ def parse_response(response: httpx.Response) -> ImageResponse:
     if response.status_code != 200:
         status = response.status_code
     elif body is None:
-        raise MalformedResponse(
-            "the image API answered 200 with a body that is not JSON", request_id=request_id
-        )
+        raise MalformedResponse("the image API answered 200 with a body that is not JSON", request_id=request_id)
     elif isinstance(body_code, int) and not isinstance(body_code, bool):
         status = body_code
     else:
@@ -159,9 +155,7 @@ def parse_response(response: httpx.Response) -> ImageResponse:
     try:
         return ImageResponse.from_dict(body, header_request_id=request_id)  # type: ignore[arg-type]
     except ValueError as exc:
-        raise MalformedResponse(
-            f"the image API's answer has no usable image: {exc}", request_id=request_id
-        ) from None
+        raise MalformedResponse(f"the image API's answer has no usable image: {exc}", request_id=request_id) from None
 
 
 def error_for_status(

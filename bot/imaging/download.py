@@ -128,9 +128,7 @@ class ImageFetcher:
                 request_id=request_id,
             )
         if not (host == self._gateway_host or self._host_allowed(host)):
-            raise ForbiddenImageSource(
-                f"the image host '{host}' is not in IMAGE_HOST_ALLOWLIST", request_id=request_id
-            )
+            raise ForbiddenImageSource(f"the image host '{host}' is not in IMAGE_HOST_ALLOWLIST", request_id=request_id)
 
     # -- internals ---------------------------------------------------------------------------------
     def _host_allowed(self, host: str) -> bool:
@@ -190,9 +188,7 @@ class ImageFetcher:
         if kind is None:
             raise UnsupportedImage("the image bytes are not PNG, JPEG or WebP", request_id=request_id)
         if declared is not None and declared != kind:
-            raise UnsupportedImage(
-                f"the image claims to be {declared} but its bytes are {kind}", request_id=request_id
-            )
+            raise UnsupportedImage(f"the image claims to be {declared} but its bytes are {kind}", request_id=request_id)
         return DownloadedImage(data=data, kind=kind)
 
     def _too_large(self, size: int, request_id: str | None, *, at_least: bool = False) -> ImageTooLarge:

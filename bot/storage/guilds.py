@@ -37,9 +37,7 @@ class GuildStore:
 
     # -- settings ------------------------------------------------------------------------------
     async def overrides(self, guild_id: int) -> dict[str, Any]:
-        row = await self._store.fetch_one(
-            "SELECT settings_json FROM guild_settings WHERE guild_id = ?", (guild_id,)
-        )
+        row = await self._store.fetch_one("SELECT settings_json FROM guild_settings WHERE guild_id = ?", (guild_id,))
         return json.loads(row["settings_json"]) if row else {}
 
     async def update_overrides(
@@ -47,9 +45,7 @@ class GuildStore:
     ) -> dict[str, Any]:
         """Merge `changes` into the guild's overrides (and drop `remove`), audited; returns the result."""
         async with self._store.transaction() as db:
-            cursor = await db.execute(
-                "SELECT settings_json FROM guild_settings WHERE guild_id = ?", (guild_id,)
-            )
+            cursor = await db.execute("SELECT settings_json FROM guild_settings WHERE guild_id = ?", (guild_id,))
             row = await cursor.fetchone()
             current = json.loads(row[0]) if row else {}
             merged = {k: v for k, v in {**current, **changes}.items() if k not in remove}
@@ -66,9 +62,7 @@ class GuildStore:
         return merged
 
     # -- blocks --------------------------------------------------------------------------------
-    async def block(
-        self, guild_id: int, user_id: int, *, reason: str, expires_at: str | None, actor: int
-    ) -> None:
+    async def block(self, guild_id: int, user_id: int, *, reason: str, expires_at: str | None, actor: int) -> None:
         async with self._store.transaction() as db:
             await db.execute(
                 """
@@ -80,31 +74,25 @@ class GuildStore:
                 """,
                 (guild_id, user_id, reason, expires_at, actor, self._store.now()),
             )
-            await self._audit(
-                db, guild_id, actor, "block", {"user": user_id, "reason": reason, "until": expires_at}
-            )
+            await self._audit(db, guild_id, actor, "block", {"user": user_id, "reason": reason, "until": expires_at})
 
     async def unblock(self, guild_id: int, user_id: int, *, actor: int) -> bool:
         async with self._store.transaction() as db:
-            cursor = await db.execute(
-                "DELETE FROM blocks WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
-            )
+            cursor = await db.execute("DELETE FROM blocks WHERE guild_id = ? AND user_id = ?", (guild_id, user_id))
             if cursor.rowcount:
                 await self._audit(db, guild_id, actor, "unblock", {"user": user_id})
             return cursor.rowcount > 0
 
     async def active_block(self, guild_id: int, user_id: int) -> Block | None:
         row = await self._store.fetch_one(
-            "SELECT * FROM blocks WHERE guild_id = ? AND user_id = ?"
-            " AND (expires_at IS NULL OR expires_at > ?)",
+            "SELECT * FROM blocks WHERE guild_id = ? AND user_id = ? AND (expires_at IS NULL OR expires_at > ?)",
             (guild_id, user_id, self._store.now()),
         )
         return Block(**dict(row)) if row else None
 
     async def blocks(self, guild_id: int) -> list[Block]:
         rows = await self._store.fetch_all(
-            "SELECT * FROM blocks WHERE guild_id = ? AND (expires_at IS NULL OR expires_at > ?)"
-            " ORDER BY created_at",
+            "SELECT * FROM blocks WHERE guild_id = ? AND (expires_at IS NULL OR expires_at > ?) ORDER BY created_at",
             (guild_id, self._store.now()),
         )
         return [Block(**dict(row)) for row in rows]
@@ -118,16 +106,12 @@ class GuildStore:
                 (guild_id, kind, pattern, reason, actor, self._store.now()),
             )
             rule_id = int((await cursor.fetchone())[0])
-            await self._audit(
-                db, guild_id, actor, "rule_add", {"id": rule_id, "kind": kind, "pattern": pattern}
-            )
+            await self._audit(db, guild_id, actor, "rule_add", {"id": rule_id, "kind": kind, "pattern": pattern})
         return Rule(rule_id, kind, pattern, reason)
 
     async def remove_rule(self, guild_id: int, rule_id: int, *, actor: int) -> bool:
         async with self._store.transaction() as db:
-            cursor = await db.execute(
-                "DELETE FROM prompt_rules WHERE guild_id = ? AND id = ?", (guild_id, rule_id)
-            )
+            cursor = await db.execute("DELETE FROM prompt_rules WHERE guild_id = ? AND id = ?", (guild_id, rule_id))
             if cursor.rowcount:
                 await self._audit(db, guild_id, actor, "rule_remove", {"id": rule_id})
             return cursor.rowcount > 0
@@ -145,23 +129,18 @@ class GuildStore:
 
     async def audit_log(self, guild_id: int, limit: int = 50) -> list[AuditEntry]:
         rows = await self._store.fetch_all(
-            "SELECT actor, action, details_json, at FROM audit_log WHERE guild_id = ?"
-            " ORDER BY id DESC LIMIT ?",
+            "SELECT actor, action, details_json, at FROM audit_log WHERE guild_id = ? ORDER BY id DESC LIMIT ?",
             (guild_id, limit),
         )
         return [AuditEntry(r["actor"], r["action"], json.loads(r["details_json"]), r["at"]) for r in rows]
 
-    async def record_refusal(
-        self, guild_id: int | None, user_id: int | None, reason: str, detail: str
-    ) -> None:
+    async def record_refusal(self, guild_id: int | None, user_id: int | None, reason: str, detail: str) -> None:
         await self._store.write(
             "INSERT INTO refusals (guild_id, user_id, reason, detail, at) VALUES (?, ?, ?, ?, ?)",
             (guild_id, user_id, reason, detail[:500], self._store.now()),
         )
 
-    async def _audit(
-        self, db: Any, guild_id: int, actor: int | str, action: str, details: dict[str, Any]
-    ) -> None:
+    async def _audit(self, db: Any, guild_id: int, actor: int | str, action: str, details: dict[str, Any]) -> None:
         await db.execute(
             "INSERT INTO audit_log (guild_id, actor, action, details_json, at) VALUES (?, ?, ?, ?, ?)",
             (

@@ -198,9 +198,7 @@ class JobStore:
 
     async def mark_queued_again(self, job_id: int) -> bool:
         """Back to the queue (the upstream said 429): the attempt is not counted against anyone."""
-        return await self._update(
-            job_id, "state = 'queued', attempts = MAX(attempts - 1, 0)", "state = 'submitting'"
-        )
+        return await self._update(job_id, "state = 'queued', attempts = MAX(attempts - 1, 0)", "state = 'submitting'")
 
     async def mark_generated(
         self,
@@ -262,7 +260,5 @@ class JobStore:
 
     async def _update(self, job_id: int, assignments: str, condition: str, **values: Any) -> bool:
         values.update(id=job_id, now=self._store.now())
-        changed = await self._store.write(
-            f"UPDATE jobs SET {assignments} WHERE id = :id AND {condition}", values
-        )
+        changed = await self._store.write(f"UPDATE jobs SET {assignments} WHERE id = :id AND {condition}", values)
         return changed == 1

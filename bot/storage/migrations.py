@@ -57,8 +57,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 finished_at     TEXT
             )
             """,
-            "CREATE INDEX jobs_unfinished ON jobs(queued_at)"
-            " WHERE state IN ('queued', 'submitting', 'generated')",
+            "CREATE INDEX jobs_unfinished ON jobs(queued_at) WHERE state IN ('queued', 'submitting', 'generated')",
             "CREATE INDEX jobs_by_guild ON jobs(guild_id, queued_at)",
             "CREATE INDEX jobs_by_requester ON jobs(requester, queued_at)",
         ),

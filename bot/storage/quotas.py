@@ -55,8 +55,7 @@ async def refund_charges(db: aiosqlite.Connection, charges: list[Charge]) -> Non
     """Give back what a job reserved (in the periods it was reserved in), inside a transaction."""
     for charge in charges:
         await db.execute(
-            "UPDATE quota_counters SET used = MAX(used - ?, 0)"
-            " WHERE scope = ? AND subject = ? AND period = ?",
+            "UPDATE quota_counters SET used = MAX(used - ?, 0) WHERE scope = ? AND subject = ? AND period = ?",
             (charge.amount, charge.scope, charge.subject, charge.period),
         )
 

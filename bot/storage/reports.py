@@ -31,9 +31,7 @@ _COLUMNS = """
 """
 
 
-async def usage_summary(
-    store: Store, *, since: str | None = None, guild_id: int | None = None
-) -> UsageSummary:
+async def usage_summary(store: Store, *, since: str | None = None, guild_id: int | None = None) -> UsageSummary:
     """`since` is an ISO date (UTC) compared with the time a job was queued."""
     where = ["1 = 1"]
     params: list[object] = []
@@ -48,9 +46,7 @@ async def usage_summary(
     async def rows(group: str | None) -> list[UsageRow]:
         key = group or "'total'"
         grouping = f"GROUP BY {group} ORDER BY {group}" if group else ""
-        found = await store.fetch_all(
-            f"SELECT {key}, {_COLUMNS} FROM jobs WHERE {condition} {grouping}", params
-        )
+        found = await store.fetch_all(f"SELECT {key}, {_COLUMNS} FROM jobs WHERE {condition} {grouping}", params)
         return [UsageRow(str(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in found]
 
     total = (await rows(None))[0]

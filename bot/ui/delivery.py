@@ -174,9 +174,7 @@ class DiscordDelivery:
 
     def _webhook(self, job: Job) -> discord.Webhook:
         assert job.interaction_token is not None and self._client.application_id is not None
-        return discord.Webhook.partial(
-            self._client.application_id, job.interaction_token, client=self._client
-        )
+        return discord.Webhook.partial(self._client.application_id, job.interaction_token, client=self._client)
 
 
 class _FinalEdit:

@@ -25,17 +25,13 @@ DM_ONLY_TEXT = (
     "imagine-bot works inside servers: each server has its own queue and limits. "
     "Use the commands in a channel of a server the bot is in."
 )
-NOT_ALLOWED_TO_DELETE = (
-    "Only the person who asked for this image, or someone with Manage Messages, can delete it."
-)
+NOT_ALLOWED_TO_DELETE = "Only the person who asked for this image, or someone with Manage Messages, can delete it."
 JOB_GONE = "This image's record is no longer available."
 
 
 def requester_only(user_id: int) -> discord.AllowedMentions:
     """The one deliberate ping: the requester, when a result is posted as a channel message."""
-    return discord.AllowedMentions(
-        everyone=False, roles=False, users=[discord.Object(user_id)], replied_user=False
-    )
+    return discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(user_id)], replied_user=False)
 
 
 def about(seconds: float) -> str:
@@ -84,9 +80,7 @@ def result_embed(job: Job, filename: str, now: datetime) -> discord.Embed:
     if job.revised_prompt:
         embed.add_field(name="Revised prompt", value=job.revised_prompt[:1024], inline=False)
     embed.add_field(name="Size", value=size_label(job.size))
-    embed.add_field(
-        name="Style", value=STYLES[job.style].label if job.style in STYLES else (job.style or "—")
-    )
+    embed.add_field(name="Style", value=STYLES[job.style].label if job.style in STYLES else (job.style or "—"))
     embed.add_field(name="Cost", value=f"¥{fen_to_cny(job.upstream_fen)}")
     took = _seconds_between(job.queued_at, now)
     if took is not None:

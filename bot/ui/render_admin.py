@@ -29,18 +29,12 @@ def _money_left(used: int, budget: int | None) -> str:
 def usage_embed(usage: Usage) -> discord.Embed:
     day, month = discord_time(usage.periods.day_resets_at), discord_time(usage.periods.month_resets_at)
     embed = discord.Embed(title="Your image usage", colour=COLOUR)
-    embed.add_field(
-        name="Today", value=f"{_count(usage.today, usage.daily_limit)}\nresets {day}", inline=False
-    )
+    embed.add_field(name="Today", value=f"{_count(usage.today, usage.daily_limit)}\nresets {day}", inline=False)
     embed.add_field(
         name="This month", value=f"{_count(usage.month, usage.monthly_limit)}\nresets {month}", inline=False
     )
-    embed.add_field(
-        name="Server budget today", value=_money_left(usage.guild_today_fen, usage.daily_budget_fen)
-    )
-    embed.add_field(
-        name="Server budget this month", value=_money_left(usage.guild_month_fen, usage.monthly_budget_fen)
-    )
+    embed.add_field(name="Server budget today", value=_money_left(usage.guild_today_fen, usage.daily_budget_fen))
+    embed.add_field(name="Server budget this month", value=_money_left(usage.guild_month_fen, usage.monthly_budget_fen))
     return embed
 
 
@@ -59,14 +53,10 @@ def limits_embed(policy: GuildPolicy) -> discord.Embed:
         f"<@&{role}>: {_n(limit.daily)} a day, {_n(limit.monthly)} a month"
         for role, limit in sorted(policy.role_limits.items())
     ]
-    embed.add_field(
-        name="Role overrides (most generous wins)", value="\n".join(roles) or "none", inline=False
-    )
+    embed.add_field(name="Role overrides (most generous wins)", value="\n".join(roles) or "none", inline=False)
     channels = ", ".join(f"<#{c}>" for c in sorted(policy.allowed_channels)) or "every channel"
     embed.add_field(name="Allowed channels", value=channels, inline=False)
-    embed.add_field(
-        name="Moderation log", value=f"<#{policy.log_channel_id}>" if policy.log_channel_id else "off"
-    )
+    embed.add_field(name="Moderation log", value=f"<#{policy.log_channel_id}>" if policy.log_channel_id else "off")
     return embed
 
 
@@ -76,16 +66,12 @@ def _n(value: int | None) -> str:
 
 def rules_embed(rules: list[Rule]) -> discord.Embed:
     lines = [f"#{r.id} {r.kind} `{r.pattern}` — {r.reason}" for r in rules]
-    return discord.Embed(
-        title="Prompt rules", description="\n".join(lines)[:4000] or "No rules.", colour=COLOUR
-    )
+    return discord.Embed(title="Prompt rules", description="\n".join(lines)[:4000] or "No rules.", colour=COLOUR)
 
 
 def blocks_embed(blocks: list[Block]) -> discord.Embed:
     lines = [f"<@{b.user_id}> until {b.expires_at or 'unblocked'}: {b.reason}" for b in blocks]
-    return discord.Embed(
-        title="Blocked users", description="\n".join(lines)[:4000] or "Nobody.", colour=COLOUR
-    )
+    return discord.Embed(title="Blocked users", description="\n".join(lines)[:4000] or "Nobody.", colour=COLOUR)
 
 
 def report_embed(report: GuildReport, days: int) -> discord.Embed:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -49,9 +50,11 @@ class BotHarness:
         }
         return self.make_settings(**values)
 
-    async def start(self, **overrides: Any) -> ImagineBot:
+    async def start(self, *, wall_clock: Callable[[], datetime] | None = None, **overrides: Any) -> ImagineBot:
+        """Start a bot; `wall_clock` replaces the UTC clock of limits, periods and timestamps."""
         identifies = self.discord.identify_count
-        bot = ImagineBot(self.settings(**overrides), guild_ready_timeout=0.05)
+        extra = {"wall_clock": wall_clock} if wall_clock is not None else {}
+        bot = ImagineBot(self.settings(**overrides), guild_ready_timeout=0.05, **extra)
         self.bot = bot
         self._task = asyncio.create_task(bot.start(self.discord.bot_token))
         await self.discord.wait_ready(min_identifies=identifies + 1)
@@ -116,9 +119,7 @@ class BotHarness:
 
 
 @pytest.fixture
-async def harness(
-    fake_discord: FakeDiscord, fake_api: FakeImageApi, make_settings
-) -> AsyncIterator[BotHarness]:
+async def harness(fake_discord: FakeDiscord, fake_api: FakeImageApi, make_settings) -> AsyncIterator[BotHarness]:
     harness = BotHarness(fake_discord, fake_api, make_settings)
     try:
         yield harness

@@ -314,9 +314,7 @@ async def test_a_prompt_full_of_mentions_is_echoed_without_pinging_anyone(harnes
     sent = harness.slash("imagine", {"prompt": prompt})
     message = await harness.result(sent)
     assert message.allowed_mentions == NO_PINGS
-    sent_for_it = [
-        r for r in harness.discord.requests_to("*", re.escape(sent.token)) if r.method in ("POST", "PATCH")
-    ]
+    sent_for_it = [r for r in harness.discord.requests_to("*", re.escape(sent.token)) if r.method in ("POST", "PATCH")]
     callbacks = [r for r in sent_for_it if r.path.endswith("/callback")]
     payloads = [r.json for r in sent_for_it if not r.path.endswith("/callback")]
     assert all("content" not in (r.json.get("data") or {}) for r in callbacks)  # the defer echoes nothing

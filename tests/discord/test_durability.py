@@ -25,9 +25,7 @@ NO_MANAGE_MESSAGES = str(int(DEFAULT_PERMISSIONS) & ~MANAGE_MESSAGES)
 MODERATOR = str((1 << 10) | (1 << 11) | MANAGE_MESSAGES)  # view channel, send messages, manage messages
 OTHER_USER = 424242424242424242
 PRICE_FEN = 18
-NOT_ALLOWED_TO_DELETE = (
-    "Only the person who asked for this image, or someone with Manage Messages, can delete it."
-)
+NOT_ALLOWED_TO_DELETE = "Only the person who asked for this image, or someone with Manage Messages, can delete it."
 WEBHOOK_EDIT = r"/webhooks/\d+/[^/]+/messages/"
 
 
@@ -154,9 +152,7 @@ async def test_delete_by_the_requester_deletes_the_message(harness: BotHarness) 
     await harness.start()
     sent, message = await delivered_image(harness)
 
-    harness.discord.click(
-        message.id, f"imagine:delete:{sent.id}", user_id=sent.user_id, permissions=NO_MANAGE_MESSAGES
-    )
+    harness.discord.click(message.id, f"imagine:delete:{sent.id}", user_id=sent.user_id, permissions=NO_MANAGE_MESSAGES)
 
     await harness.discord.wait_for(lambda f: f.message(message.id).deleted)
     assert harness.discord.message(message.id).history[-1]["op"] == "delete"
@@ -256,9 +252,7 @@ async def test_a_token_near_its_15_minutes_is_not_used_the_image_goes_to_the_cha
     await generating(harness, sent)
     # As if the job had waited ~15 minutes: its token expires in 10 s (the fake would still take it).
     soon = iso(datetime.now(UTC) + timedelta(seconds=10))
-    await harness.bot.pipeline.store.write(
-        "UPDATE jobs SET token_expires_at = ? WHERE id = ?", (soon, sent.id)
-    )
+    await harness.bot.pipeline.store.write("UPDATE jobs SET token_expires_at = ? WHERE id = ?", (soon, sent.id))
 
     [posted] = await harness.discord.wait_for(
         lambda f: [m for m in posted_in_channel(f, sent.channel_id) if m.attachments], timeout=15

@@ -23,9 +23,7 @@ def user(n: int) -> int:
     return FIRST_USER + n
 
 
-def imagine(
-    harness: BotHarness, prompt: str, *, user_id: int, guild_id: int | None = None
-) -> SentInteraction:
+def imagine(harness: BotHarness, prompt: str, *, user_id: int, guild_id: int | None = None) -> SentInteraction:
     return harness.slash("imagine", {"prompt": prompt}, user_id=user_id, guild_id=guild_id)
 
 
@@ -208,9 +206,7 @@ async def test_a_user_over_their_pending_limit_is_refused_privately(harness: Bot
 
     text = await refusal(harness, second)
     assert harness.api.requests[0].status is None  # refused while the first was still generating
-    assert text == (
-        "You already have 1 image(s) queued or generating. Wait for one to finish, then try again."
-    )
+    assert text == ("You already have 1 image(s) queued or generating. Wait for one to finish, then try again.")
     await harness.result(first)
     assert upstream_prompts(harness) == ["the first"]
 

@@ -318,9 +318,7 @@ class FakeDiscord(RestRoutes, GatewayMixin, ControlRoutes):
         permissions: str = DEFAULT_PERMISSIONS,
     ) -> SentInteraction:
         """Push a MODAL_SUBMIT with text inputs ``{custom_id: value}`` (each in its own action row)."""
-        rows = [
-            {"type": 1, "components": [{"type": 4, "custom_id": k, "value": v}]} for k, v in values.items()
-        ]
+        rows = [{"type": 1, "components": [{"type": 4, "custom_id": k, "value": v}]} for k, v in values.items()]
         data = {"custom_id": custom_id, "components": rows}
         with self._lock:
             message = self._messages.get(message_id) if message_id else None
@@ -353,9 +351,7 @@ class FakeDiscord(RestRoutes, GatewayMixin, ControlRoutes):
             scope = gid if (command_guild_id is UNSET and in_guild) else command_guild_id
             scope = None if scope is UNSET else scope
             synced = [c for c in self._commands.get(scope, []) if c["name"] == name and c.get("type", 1) == 1]
-            cmd_id = (
-                int(synced[0]["id"]) if synced else self._made_up_command_ids.setdefault(name, self._ids())
-            )
+            cmd_id = int(synced[0]["id"]) if synced else self._made_up_command_ids.setdefault(name, self._ids())
             data: dict[str, Any] = {"id": str(cmd_id), "name": name, "type": 1}
             if opts:
                 data["options"] = opts
@@ -372,9 +368,7 @@ class FakeDiscord(RestRoutes, GatewayMixin, ControlRoutes):
             if message is None or message.deleted:
                 raise ValueError(f"no message {message_id} to click on (deleted: {bool(message)})")
             if custom_id not in message.custom_ids():
-                raise ValueError(
-                    f"message {message_id} has no component {custom_id!r}: {message.custom_ids()}"
-                )
+                raise ValueError(f"message {message_id} has no component {custom_id!r}: {message.custom_ids()}")
             data: dict[str, Any] = {"custom_id": custom_id, "component_type": component_type}
             if values is not None or component_type in (3, 5, 6, 7, 8):
                 data["values"] = list(values or [])
@@ -383,9 +377,7 @@ class FakeDiscord(RestRoutes, GatewayMixin, ControlRoutes):
                 data["id"] = comp["id"]
             gid = message.guild_id if guild_id is UNSET else guild_id
             kw["channel_id"] = kw["channel_id"] or message.channel_id
-            sent = self._prepare_interaction(
-                3, data, custom_id, guild_id=gid, message=self._msg_json(message), **kw
-            )
+            sent = self._prepare_interaction(3, data, custom_id, guild_id=gid, message=self._msg_json(message), **kw)
             self._interactions[sent.id].source_message_id = message.id
             return sent
 

@@ -100,8 +100,7 @@ class ControlRoutes:
                 "application_id": str(self.application_id),
                 "bot_user_id": str(self.bot_user_id),
                 "guilds": [
-                    {"id": str(g.id), "channel_ids": [str(c) for c in g.channel_ids]}
-                    for g in self._guilds.values()
+                    {"id": str(g.id), "channel_ids": [str(c) for c in g.channel_ids]} for g in self._guilds.values()
                 ],
             }
         return json_response(state)

@@ -197,9 +197,7 @@ def user_payload(user_id: int, username: str | None = None, *, bot: bool = False
     return data
 
 
-def member_payload(
-    user: dict[str, Any], roles: Any, permissions: str | None, joined: float
-) -> dict[str, Any]:
+def member_payload(user: dict[str, Any], roles: Any, permissions: str | None, joined: float) -> dict[str, Any]:
     data: dict[str, Any] = {
         "user": user,
         "roles": [str(r) for r in roles],

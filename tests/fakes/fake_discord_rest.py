@@ -426,11 +426,7 @@ class RestRoutes:
                 result = self._edit_message(source, data, request[BODY_UPLOADS]) if kind == 7 else source
                 if isinstance(result, FakeMessage):
                     rec.original_id = source.id
-            elif (
-                (kind == 8 and rec.type != 4)
-                or (kind == 9 and rec.type not in (2, 3))
-                or kind not in (8, 9, 12)
-            ):
+            elif (kind == 8 and rec.type != 4) or (kind == 9 and rec.type not in (2, 3)) or kind not in (8, 9, 12):
                 return invalid_form("type", "INTERACTION_RESPONSE_TYPE_INVALID", "Invalid response type.")
             if isinstance(result, web.Response):
                 return result
@@ -469,9 +465,7 @@ class RestRoutes:
             rec = self._webhook_interaction(request)
             if isinstance(rec, web.Response):
                 return rec
-            result = self._create_message(
-                rec.channel_id, rec.guild_id, data, request[BODY_UPLOADS], interaction=rec
-            )
+            result = self._create_message(rec.channel_id, rec.guild_id, data, request[BODY_UPLOADS], interaction=rec)
             if isinstance(result, FakeMessage):
                 rec.followup_ids.append(result.id)
             if request.query.get("wait") not in ("1", "true", "True") and isinstance(result, FakeMessage):
@@ -492,9 +486,7 @@ class RestRoutes:
                 return error_response("unknown_message")
             return self._message_op(request.method, msg, data, request[BODY_UPLOADS])
 
-    def _message_op(
-        self, method: str, msg: FakeMessage, data: dict[str, Any], uploads: list[Upload]
-    ) -> web.Response:
+    def _message_op(self, method: str, msg: FakeMessage, data: dict[str, Any], uploads: list[Upload]) -> web.Response:
         if method == "GET":
             return self._answer(msg)
         if method == "DELETE":
@@ -546,12 +538,7 @@ class RestRoutes:
                 return channel
             mid = request.match_info["mid"]
             msg = self._messages.get(int(mid)) if mid.isdigit() else None
-            if (
-                msg is None
-                or msg.deleted
-                or msg.ephemeral
-                or str(msg.channel_id) != request.match_info["cid"]
-            ):
+            if msg is None or msg.deleted or msg.ephemeral or str(msg.channel_id) != request.match_info["cid"]:
                 return error_response("unknown_message")
             return self._message_op(request.method, msg, data, request[BODY_UPLOADS])
 

@@ -86,9 +86,7 @@ class Reply:
         redirect_to: str | None = None,
     ) -> Reply:
         """Success; ``image`` picks how the served URL behaves, ``url`` replaces it verbatim."""
-        return cls(
-            "ok", delay, b64=b64, revised_prompt=revised_prompt, image=image, url=url, redirect_to=redirect_to
-        )
+        return cls("ok", delay, b64=b64, revised_prompt=revised_prompt, image=image, url=url, redirect_to=redirect_to)
 
     @classmethod
     def no_image(cls, delay: float | None = None) -> Reply:
@@ -320,9 +318,7 @@ class FakeImageApi:
                 self._state.rate_limited_count += 1
             reply = self._state.script.popleft() if admitted and self._state.script else Reply.ok()
         if not admitted:
-            return web.json_response(
-                _envelope(429, _DEFAULT_MSGS[429]), status=429, headers={"Retry-After": "1"}
-            )
+            return web.json_response(_envelope(429, _DEFAULT_MSGS[429]), status=429, headers={"Retry-After": "1"})
         return await self._play(request, reply, record.request_id, prompt, width, height)
 
     async def _read_body(self, request: web.Request, record: RecordedRequest) -> dict[str, Any]:
@@ -411,12 +407,8 @@ class FakeImageApi:
         headers = {"Retry-After": _seconds_text(reply.retry_after)} if reply.retry_after is not None else None
         return web.json_response(_envelope(code, msg), status=status, headers=headers)
 
-    async def _success(
-        self, reply: Reply, request_id: str, prompt: str, width: int, height: int
-    ) -> web.Response:
-        seed = (
-            zlib.crc32(prompt.encode()) & 0x3
-        )  # same prompt, same picture; few PNGs, so the cache holds them
+    async def _success(self, reply: Reply, request_id: str, prompt: str, width: int, height: int) -> web.Response:
+        seed = zlib.crc32(prompt.encode()) & 0x3  # same prompt, same picture; few PNGs, so the cache holds them
         b64 = ""
         if reply.b64:
             png = await asyncio.to_thread(make_png, width, height, seed)
@@ -444,9 +436,7 @@ class FakeImageApi:
             "created": int(time.time()),
             "metadata": {
                 "output": {
-                    "choices": [
-                        {"finish_reason": "stop", "message": {"content": content, "role": "assistant"}}
-                    ],
+                    "choices": [{"finish_reason": "stop", "message": {"content": content, "role": "assistant"}}],
                     "task_metric": {"FAILED": 1 - min(n, 1), "SUCCEEDED": n, "TOTAL": 1},
                 },
                 "request_id": request_id,

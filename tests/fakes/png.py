@@ -41,9 +41,7 @@ def make_png(width: int, height: int, seed: int = 0) -> bytes:
     tail = band_pair[: rest * len(row_a)]
     raw = band_pair * pairs + tail
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit, RGB, no interlace
-    return (
-        PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw, 3)) + _chunk(b"IEND", b"")
-    )
+    return PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw, 3)) + _chunk(b"IEND", b"")
 
 
 def png_size(data: bytes) -> tuple[int, int]:

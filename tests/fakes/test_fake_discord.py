@@ -24,17 +24,13 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(64))
 REPO = Path(__file__).resolve().parents[2]
 
 
-class ImageButton(
-    discord.ui.DynamicItem[discord.ui.Button], template=r"img:(?P<action>info|delete):(?P<job>\d+)"
-):
+class ImageButton(discord.ui.DynamicItem[discord.ui.Button], template=r"img:(?P<action>info|delete):(?P<job>\d+)"):
     def __init__(self, action: str, job: int) -> None:
         super().__init__(discord.ui.Button(label=action, custom_id=f"img:{action}:{job}"))
         self.action, self.job = action, job
 
     @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button, match: Any
-    ) -> ImageButton:
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: Any) -> ImageButton:
         return cls(match["action"], int(match["job"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
@@ -102,9 +98,7 @@ class TinyBot(commands.Bot):
             await interaction.response.send_message(
                 "first", file=discord.File(io.BytesIO(b"a"), "a.txt"), view=Updater()
             )
-            await interaction.followup.send(
-                "second", ephemeral=True, file=discord.File(io.BytesIO(b"b"), "b.txt")
-            )
+            await interaction.followup.send("second", ephemeral=True, file=discord.File(io.BytesIO(b"b"), "b.txt"))
             self.seen.append(("original", (await interaction.original_response()).content))
 
         @self.tree.command(description="Ask with a modal")
@@ -145,9 +139,7 @@ async def running(fake: FakeDiscord) -> AsyncIterator[TinyBot]:
 
 
 async def edited_original(fake: FakeDiscord, interaction_id: int) -> Any:
-    return await fake.wait_for(
-        lambda f: (m := f.original_message(interaction_id)) is not None and m.edits and m
-    )
+    return await fake.wait_for(lambda f: (m := f.original_message(interaction_id)) is not None and m.edits and m)
 
 
 async def test_slash_defer_edit_with_file_embed_view_then_buttons(fake: FakeDiscord) -> None:

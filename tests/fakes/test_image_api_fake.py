@@ -181,10 +181,7 @@ def test_b64_reply_carries_the_png_inline(fake, client):
 
 
 def test_url_override_is_verbatim(fake, client):
-    assert (
-        image_url(client, Reply.ok(url="https://evil.example.com/x.png"), fake)
-        == "https://evil.example.com/x.png"
-    )
+    assert image_url(client, Reply.ok(url="https://evil.example.com/x.png"), fake) == "https://evil.example.com/x.png"
 
 
 @pytest.mark.parametrize(
@@ -380,9 +377,7 @@ def test_runs_as_its_own_process():
         assert ready, "the fake did not announce itself"
         tag, base_url = proc.stdout.readline().split()
         assert tag == "FAKE_IMAGE_API" and base_url.endswith("/v1")
-        response = httpx.post(
-            base_url + GEN, json=simple_body(), headers={"Authorization": "Bearer k1"}, timeout=10
-        )
+        response = httpx.post(base_url + GEN, json=simple_body(), headers={"Authorization": "Bearer k1"}, timeout=10)
         assert response.status_code == 200
         assert png_size(httpx.get(response.json()["data"]["data"][0]["url"], timeout=10).content) == (
             1328,

@@ -77,9 +77,7 @@ async def test_jpeg_is_accepted(http, fake_api: FakeImageApi) -> None:
         "not a url",
     ],
 )
-async def test_forbidden_sources_are_refused_before_connecting(
-    http, fake_api: FakeImageApi, url: str
-) -> None:
+async def test_forbidden_sources_are_refused_before_connecting(http, fake_api: FakeImageApi, url: str) -> None:
     with pytest.raises(ForbiddenImageSource):
         await make_fetcher(http, fake_api).fetch(url)
 
@@ -92,9 +90,7 @@ def test_allowlist_matches_subdomains_only(http, fake_api: FakeImageApi) -> None
         fetcher.check_url("https://sub.cdn.example.com/a.png")
 
 
-async def test_plain_http_to_another_port_of_the_gateway_host_is_refused(
-    http, fake_api: FakeImageApi
-) -> None:
+async def test_plain_http_to_another_port_of_the_gateway_host_is_refused(http, fake_api: FakeImageApi) -> None:
     with pytest.raises(ForbiddenImageSource):
         await make_fetcher(http, fake_api).fetch(f"http://127.0.0.1:{fake_api._server.port + 1}/files/x.png")
 
@@ -159,9 +155,7 @@ async def test_slow_download_hits_the_deadline(http) -> None:
     app = web.Application()
     app.router.add_get("/slow.png", trickle)
     with LoopbackServer(app) as server:
-        fetcher = ImageFetcher(
-            http, allowlist=[], gateway_url=server.url, max_bytes=1024, deadline_s=0.3, retries=0
-        )
+        fetcher = ImageFetcher(http, allowlist=[], gateway_url=server.url, max_bytes=1024, deadline_s=0.3, retries=0)
         with pytest.raises(ImageUnavailable, match="longer than"):
             await fetcher.fetch(server.url + "/slow.png")
 
