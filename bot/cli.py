@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     usage = commands.add_parser("usage", help="summarise images, cost and failures from the store")
     usage.add_argument("--since", metavar="DATE", help="only jobs queued on or after this date (YYYY-MM-DD, UTC)")
     usage.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    usage.add_argument("--guild", type=int, metavar="ID", help="only this server's jobs, broken down by user")
+
+    limits = commands.add_parser("limits", help="show a server's effective limits, budgets and moderation settings")
+    limits.add_argument("--guild", type=int, metavar="ID", required=True, help="the server (guild) id")
     return parser
 
 
@@ -70,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_generate(settings, args))
         if command == "usage":
             return asyncio.run(_usage(settings, args))
+        if command == "limits":
+            return asyncio.run(_limits(settings, args))
     except ConfigError as exc:
         print(f"imagine-bot: {exc.message}", file=sys.stderr)
         return 2
@@ -93,10 +99,11 @@ async def _usage(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     store = await Store.open(settings.database_path)
     try:
-        summary = await usage_summary(store, since=args.since)
+        summary = await usage_summary(store, since=args.since, guild_id=args.guild)
     finally:
         await store.close()
-    sections = [("total", [summary.total]), ("day", summary.by_day), ("requester", summary.by_requester)]
+    who = "user" if args.guild is not None else "requester"
+    sections = [("total", [summary.total]), ("day", summary.by_day), (who, summary.by_requester)]
     if args.csv:
         writer = csv.writer(sys.stdout)
         writer.writerow(["section", "key", "images", "failures", "cost_cny", "upstream_cny"])
@@ -115,6 +122,49 @@ async def _usage(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     for name, rows in sections:
         print(_table(name, rows))
+    return 0
+
+
+async def _limits(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.gatekeeper import Gatekeeper
+    from bot.storage.db import Store
+    from bot.storage.guilds import GuildStore
+
+    store = await Store.open(settings.database_path)
+    try:
+        guilds = GuildStore(store)
+        policy = await Gatekeeper(settings, guilds).policy(args.guild)
+        rules, blocks = await guilds.rules(args.guild), await guilds.blocks(args.guild)
+    finally:
+        await store.close()
+
+    def n(value: int | None) -> str:
+        return "unlimited" if value is None else str(value)
+
+    def cny(fen: int | None) -> str:
+        return "unlimited" if fen is None else f"¥{fen_to_cny(fen)}"
+
+    lines = [
+        f"guild {args.guild}",
+        f"  images per user:   {n(policy.user_daily_limit)} a day, {n(policy.user_monthly_limit)} a month",
+        f"  cooldown:          {policy.cooldown_s} s",
+        f"  budget:            {cny(policy.daily_budget_fen)} a day, {cny(policy.monthly_budget_fen)} a month",
+        f"  time zone:         {policy.timezone} (days and months roll over at its midnight)",
+    ]
+    for role, limit in sorted(policy.role_limits.items()):
+        lines.append(f"  role {role}: {n(limit.daily)} a day, {n(limit.monthly)} a month")
+    channels = ", ".join(str(c) for c in sorted(policy.allowed_channels)) or "every channel"
+    lines += [
+        f"  allowed channels:  {channels}",
+        f"  moderation log:    {policy.log_channel_id or 'off'}",
+        f"  cache:             {'on' if policy.cache_enabled else 'off'}"
+        f"{', hits count toward limits' if policy.cache_counts_toward_limits else ''}",
+        f"  prompt rules:      {len(rules)}",
+    ]
+    lines += [f"    #{r.id} {r.kind} {r.pattern!r}: {r.reason}" for r in rules]
+    lines.append(f"  blocked users:     {len(blocks)}")
+    lines += [f"    {b.user_id} until {b.expires_at or 'unblocked'}: {b.reason}" for b in blocks]
+    print("\n".join(lines))
     return 0
 
 

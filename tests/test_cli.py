@@ -219,3 +219,60 @@ def test_console_script_is_installed(tmp_path: Path) -> None:
     assert result.returncode == 0
     for command in ("run", "generate", "usage"):
         assert command in result.stdout
+
+
+def test_usage_and_limits_for_one_guild(tmp_path: Path, fake_api: FakeImageApi) -> None:
+    import asyncio
+
+    from bot.storage.db import Store
+    from bot.storage.guilds import GuildStore
+    from bot.storage.jobs import JobStore, NewJob
+
+    async def seed() -> None:
+        store = await Store.open(tmp_path / "imagine.db")
+        jobs = JobStore(store)
+        for job_id, guild, user in ((1, 10, 100), (2, 10, 100), (3, 10, 200), (4, 20, 300)):
+            await jobs.insert(
+                NewJob(
+                    job_id,
+                    str(user),
+                    "imagine",
+                    "qwen-image-plus",
+                    "p",
+                    "1328*1328",
+                    "",
+                    True,
+                    True,
+                    guild_id=guild,
+                    user_id=user,
+                )
+            )
+            await jobs.mark_submitting(job_id)
+            await jobs.mark_generated(job_id, request_id=None, image_url="u", revised_prompt="", upstream_fen=18)
+            await jobs.mark_delivered(job_id, cost_fen=18)
+        guilds = GuildStore(store)
+        await guilds.update_overrides(
+            10,
+            {
+                "user_daily_limit": 3,
+                "timezone": "Asia/Shanghai",
+                "role_limits": {"55": {"daily": None, "monthly": None}},
+            },
+            actor=1,
+        )
+        await guilds.add_rule(10, "word", "secret", "no secrets", actor=1)
+        await store.close()
+
+    asyncio.run(seed())
+    result = run_cli(tmp_path, fake_api, "usage", "--guild", "10", "--csv")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert {r["key"]: r["images"] for r in rows if r["section"] == "user"} == {"100": "2", "200": "1"}
+    assert [r["images"] for r in rows if r["section"] == "total"] == ["3"]
+
+    limits = run_cli(tmp_path, fake_api, "limits", "--guild", "10")
+    assert limits.returncode == 0, limits.stderr
+    assert "images per user:   3 a day, unlimited a month" in limits.stdout
+    assert "Asia/Shanghai" in limits.stdout
+    assert "role 55: unlimited a day" in limits.stdout
+    assert "#1 word 'secret': no secrets" in limits.stdout
+    assert "¥10.00 a day, ¥100.00 a month" in limits.stdout
