@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     price_per_image_cny: Decimal = Field(Decimal("0.18"), ge=0, max_digits=10, decimal_places=2)
     image_sizes: CommaList = SPEC_SIZES
     cache_dir: Path = Path("data/cache")
+    #: delivered images are reused for identical requests this long, within this much disk
+    cache_ttl_hours: float = Field(24.0, ge=0, le=24 * 365)
+    cache_max_mb: int = Field(500, ge=0)
 
     # -- queue admission (the Discord bot) ------------------------------------------------------
     guild_queue_max: int = Field(25, ge=1, le=1000)

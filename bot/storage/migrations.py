@@ -152,6 +152,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX refusals_by_guild ON refusals(guild_id, at)",
         ),
     ),
+    Migration(
+        5,
+        "the result cache: an index of delivered images by cache key; cache hits in the ledger",
+        (
+            """
+            CREATE TABLE image_cache (
+                key           TEXT PRIMARY KEY,   -- presets.cache_key: prompt, size, negative, extend, watermark, model
+                sha256        TEXT    NOT NULL,   -- the file in the image store (CACHE_DIR)
+                bytes         INTEGER NOT NULL,
+                source_job_id INTEGER,
+                request_id    TEXT,
+                created_at    TEXT    NOT NULL,   -- for the time-to-live
+                last_used_at  TEXT    NOT NULL    -- for least-recently-used eviction
+            )
+            """,
+            "CREATE INDEX image_cache_by_use ON image_cache(last_used_at)",
+            "CREATE INDEX image_cache_by_sha ON image_cache(sha256)",
+            "ALTER TABLE jobs ADD COLUMN cache_hit INTEGER NOT NULL DEFAULT 0",
+        ),
+    ),
 )
 
 LATEST_VERSION = max(m.version for m in MIGRATIONS)
