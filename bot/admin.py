@@ -7,6 +7,7 @@ log ("<@actor> set the daily limit to 10").
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from datetime import timedelta
@@ -34,6 +35,8 @@ def parse_cny(value: str) -> int | None:
         amount = Decimal(text)
     except InvalidOperation:
         raise InvalidInput(f"'{value}' is not an amount in CNY (e.g. 10 or 12.50, or 'none').") from None
+    if not amount.is_finite():
+        raise InvalidInput(f"'{value}' is not an amount in CNY (e.g. 10 or 12.50, or 'none').")
     if amount < 0 or amount != amount.quantize(Decimal("0.01")):
         raise InvalidInput(f"'{value}' must be zero or more, with at most two decimals.")
     return int(amount * 100)
@@ -44,7 +47,7 @@ def parse_count(value: str) -> int | None:
     text = value.strip().lower()
     if text in ("none", "unlimited", "off"):
         return None
-    if not text.isdigit():
+    if not text.isdecimal() or not text.isascii():
         raise InvalidInput(f"'{value}' is not a number of images (e.g. 20, or 'unlimited').")
     return int(text)
 
@@ -99,6 +102,8 @@ class GuildAdmin:
             ("monthly_budget_fen", monthly_budget_fen, "monthly budget"),
         ):
             if value is not UNSET:
+                if value is not None and not 0 <= value <= 100_000_000:
+                    raise InvalidInput(f"The {label} must be zero or more (or none).")
                 changes[key] = value
                 said.append(f"{label} to {_fen_text(value)}")
         if timezone is not UNSET:
@@ -152,7 +157,8 @@ class GuildAdmin:
 
     # -- prompt rules ---------------------------------------------------------------------------
     async def add_rule(self, guild_id: int, actor: int, kind: RuleKind, pattern: str, reason: str) -> tuple[Rule, str]:
-        compile_rule(kind, pattern)  # refuses invalid or catastrophically slow expressions
+        # refuses invalid or catastrophically slow expressions (the vetting runs probes: off the loop)
+        await asyncio.to_thread(compile_rule, kind, pattern)
         rule = await self._guilds.add_rule(guild_id, kind, pattern.strip(), _reason(reason), actor=actor)
         self._gate.forget(guild_id)
         return rule, f"<@{actor}> added rule #{rule.id} ({kind} `{rule.pattern}`): {rule.reason}"
@@ -217,8 +223,13 @@ class GuildAdmin:
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=LEDGER_COLUMNS)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: _no_formula(v) for k, v in row.items()} for row in rows)
         return out.getvalue().encode("utf-8")
+
+
+def _no_formula(cell: str) -> str:
+    """A prompt starting with = + - @ would run as a formula when the CSV is opened in a spreadsheet."""
+    return "'" + cell if cell[:1] in ("=", "+", "-", "@") else cell
 
 
 def _check_count(value: int | None, label: str) -> None:

@@ -27,8 +27,14 @@ PATTERN_MAX_CHARS = 200
 MATCH_TIMEOUT_S = 0.05
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 _SEPARATOR = r"[\W_]*"
-# probes that make a backtracking-prone pattern show itself at add time
-_PROBES = ("a" * 40 + "!", "ab" * 40 + "!", "a " * 40 + "!", "0" * 40 + "x")
+# Probes as long as the longest screened text: nested quantifiers backtrack polynomially in the
+# `regex` module, harmless on 40 characters and seconds long on 800 (a Chinese prompt has no
+# spaces, so it is one long \w run).
+_PROBE_CHARS = 800
+_PROBES = tuple(
+    (unit * _PROBE_CHARS)[:_PROBE_CHARS] + tail
+    for unit, tail in (("a", "!"), ("ab", "!"), ("a ", "!"), ("0", "x"), ("字", "。"), ("a1_", "-"))
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,7 +78,10 @@ class GuildStore:
 
     async def unblock(self, guild_id: int, user_id: int, *, actor: int) -> bool:
         async with self._store.transaction() as db:
-            cursor = await db.execute("DELETE FROM blocks WHERE guild_id = ? AND user_id = ?", (guild_id, user_id))
+            cursor = await db.execute(  # an expired block is not lifted again (nothing to audit)
+                "DELETE FROM blocks WHERE guild_id = ? AND user_id = ? AND (expires_at IS NULL OR expires_at > ?)",
+                (guild_id, user_id, self._store.now()),
+            )
             if cursor.rowcount:
                 await self._audit(db, guild_id, actor, "unblock", {"user": user_id})
             return cursor.rowcount > 0
