@@ -116,15 +116,21 @@ class GuildAdmin:
         return f"<@{actor}> set " + ", ".join(said) + "."
 
     async def set_role_limit(
-        self, guild_id: int, actor: int, role_id: int, *, daily: int | None, monthly: int | None
+        self, guild_id: int, actor: int, role_id: int, *, daily: int | None, monthly: int | None = UNSET
     ) -> str:
+        """A role's limits; a period left UNSET follows the guild's own limit for it."""
         _check_count(daily, "images per day")
-        _check_count(monthly, "images per month")
+        limit: dict[str, int | None] = {"daily": daily}
+        month_text = "the server's monthly limit"
+        if monthly is not UNSET:
+            _check_count(monthly, "images per month")
+            limit["monthly"] = monthly
+            month_text = f"{_limit_text(monthly)} a month"
         roles = await self._role_limits(guild_id)
-        roles[str(role_id)] = {"daily": daily, "monthly": monthly}
+        roles[str(role_id)] = limit
         await self._guilds.update_overrides(guild_id, {"role_limits": roles}, actor=actor)
         self._gate.forget(guild_id)
-        return f"<@{actor}> set <@&{role_id}> to {_limit_text(daily)} a day, {_limit_text(monthly)} a month."
+        return f"<@{actor}> set <@&{role_id}> to {_limit_text(daily)} a day, {month_text}."
 
     async def clear_role_limit(self, guild_id: int, actor: int, role_id: int) -> str:
         roles = await self._role_limits(guild_id)

@@ -48,8 +48,11 @@ class GuildPolicy:
         known = {f.name for f in fields(self)}
         values: dict[str, Any] = {k: v for k, v in overrides.items() if k in known}
         if "role_limits" in values:
+            # a period a role does not set follows the guild's own limit for it
+            daily = values.get("user_daily_limit", self.user_daily_limit)
+            monthly = values.get("user_monthly_limit", self.user_monthly_limit)
             values["role_limits"] = {
-                int(role): RoleLimit(daily=limit.get("daily"), monthly=limit.get("monthly"))
+                int(role): RoleLimit(daily=limit.get("daily", daily), monthly=limit.get("monthly", monthly))
                 for role, limit in values["role_limits"].items()
             }
         if "allowed_channels" in values:

@@ -267,7 +267,7 @@ class GenerationService:
                     who.guild_id,
                     f"🚫 Refused <@{who.user_id}> in <#{who.channel_id}> by rule #{rule.id} ({rule.kind} "
                     f"`{rule.pattern}`, in the {refusal.match.field.replace('_', ' ')}): "
-                    f"{_excerpt(request.params.prompt)}",
+                    f"{_excerpt(_screened_fields(request).get(refusal.match.field) or request.params.prompt)}",
                 )
         except Exception:
             log.exception("could not record a refusal")

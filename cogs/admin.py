@@ -99,16 +99,20 @@ class Admin(commands.Cog):
         await self._changed(interaction, text)
 
     @limits.command(name="role", description="Override the image limits for members with a role")
-    @app_commands.describe(daily="Images a day (or 'unlimited')", monthly="Images a month (or 'unlimited')")
+    @app_commands.describe(
+        daily="Images a day (or 'unlimited')",
+        monthly="Images a month (or 'unlimited'); empty: the server's monthly limit",
+    )
     async def limits_role(
-        self, interaction: discord.Interaction, role: discord.Role, daily: str, monthly: str = "unlimited"
+        self, interaction: discord.Interaction, role: discord.Role, daily: str, monthly: str | None = None
     ) -> None:
+        extra = {"monthly": parse_count(monthly)} if monthly is not None else {}
         text = await self._admin.set_role_limit(
             interaction.guild_id,
             interaction.user.id,
             role.id,
             daily=parse_count(daily),
-            monthly=parse_count(monthly),
+            **extra,
         )
         await self._changed(interaction, text)
 

@@ -85,7 +85,7 @@ def test_overrides_from_json_replace_defaults_and_convert_role_and_channel_ids()
     assert result.user_daily_limit == 5
     assert result.user_monthly_limit == 300  # untouched default
     assert result.timezone == "Asia/Shanghai"
-    assert dict(result.role_limits) == {3: RoleLimit(50, None), 1: RoleLimit(1, None)}
+    assert dict(result.role_limits) == {3: RoleLimit(50, None), 1: RoleLimit(1, 300)}  # unset month: the guild's
     assert result.allowed_channels == frozenset({77, 78})
     assert result.log_channel_id == 99
     assert member_limits(result, [VIP]) == (50, None)  # string ids from JSON match Discord's int role ids
