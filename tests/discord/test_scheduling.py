@@ -87,7 +87,7 @@ async def test_a_flooding_guild_does_not_starve_another_guild(harness: BotHarnes
     other_guild = harness.discord.add_guild()  # before start: announced in READY
     harness.api.latency_s = 0.1
     # The first generation is slow, so the whole flood is queued before guild B asks.
-    harness.api.script(Reply.ok(delay=1.0))
+    harness.api.script(Reply.ok(delay=3.0))  # the slow head: the rest queue up behind it even on a loaded machine
     await harness.start(upstream_concurrency=1, user_pending_max=2)
 
     flood = [imagine(harness, "flood 0", user_id=user(0))]
@@ -106,7 +106,7 @@ async def test_a_flooding_guild_does_not_starve_another_guild(harness: BotHarnes
 
 async def test_a_flooding_user_does_not_starve_another_user_of_the_same_guild(harness: BotHarness) -> None:
     harness.api.latency_s = 0.1
-    harness.api.script(Reply.ok(delay=1.0))
+    harness.api.script(Reply.ok(delay=3.0))
     await harness.start(upstream_concurrency=1, user_pending_max=8)
 
     flood = [imagine(harness, "mine 0", user_id=user(0))]
