@@ -121,7 +121,8 @@ async def generate_once(settings: Settings, args: argparse.Namespace) -> int:
         return exit_code_for(error)
     print(f"wrote {delivery.written}")
     print(f"size: {size_label(job.size)}; bytes: {delivery.written_bytes:,}")
-    print(f"cost: ¥{fen_to_cny(job.cost_fen)}; request id: {job.request_id or '-'}; job id: {job.id}")
+    source = " (from cache: the same request was made before)" if job.cache_hit else ""
+    print(f"cost: ¥{fen_to_cny(job.cost_fen)}{source}; request id: {job.request_id or '-'}; job id: {job.id}")
     if job.revised_prompt:
         print(f"revised prompt: {job.revised_prompt}")
     return 0

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import httpx
 
 from bot.admin import GuildAdmin
+from bot.cache import ResultCache
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.gatekeeper import Gatekeeper
@@ -80,10 +81,18 @@ class Pipeline:
             )
             limiter = UpstreamLimiter(concurrency=settings.upstream_concurrency, rpm=settings.upstream_rpm, clock=clock)
             gatekeeper = Gatekeeper(settings, GuildStore(store), utcnow=wall_clock)
+            images = ImageStore(settings.cache_dir)
+            cache = ResultCache(
+                store,
+                images,
+                ttl=timedelta(hours=settings.cache_ttl_hours),
+                max_bytes=settings.cache_max_mb * 1024 * 1024,
+                utcnow=wall_clock,
+            )
             service = GenerationService(
                 settings=settings,
                 jobs=JobStore(store),
-                images=ImageStore(settings.cache_dir),
+                images=images,
                 client=client,
                 fetcher=fetcher,
                 limiter=limiter,
@@ -92,6 +101,7 @@ class Pipeline:
                 max_requeues=max_requeues,
                 gatekeeper=gatekeeper,
                 store=store,
+                cache=cache,
             )
         except BaseException:
             await http.aclose()

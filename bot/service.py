@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Protocol
 
 from bot import messages
+from bot.cache import CacheHit, Flights, ResultCache
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.errors import ImagineError, LimitReached
@@ -29,6 +30,7 @@ from bot.imaging.download import DownloadedImage, ImageFetcher, sniff_kind
 from bot.imaging.errors import ContentRejected, ImageDownloadError, RateLimited, UpstreamError
 from bot.imaging.models import ImageRequest
 from bot.limiter import UpstreamLimiter
+from bot.presets import ImageParams, cache_key
 from bot.requests import GenerationRequest
 from bot.scheduler import QueueItem, QueuePosition, QueueRefusal, Scheduler
 from bot.storage.db import Store, iso
@@ -40,6 +42,8 @@ from bot.storage.reports import counters
 log = logging.getLogger("imagine.service")
 
 CLI_GUILD = "cli"
+_MONEY_SCOPES = frozenset({"guild_day_fen", "guild_month_fen"})
+_IMAGE_SCOPES = frozenset({"user_day", "user_month"})
 
 
 class DeliveryError(Exception):
@@ -111,6 +115,7 @@ class Ticket:
     job_id: int
     position: QueuePosition | None
     replayed: bool = False  # the id existed already: nothing new was queued
+    cached: bool = False  # answered from the result cache (or shares an identical request in flight)
 
 
 class GenerationService:
@@ -131,8 +136,11 @@ class GenerationService:
         max_requeues: int = 5,
         gatekeeper: Gatekeeper | None = None,
         store: Store | None = None,
+        cache: ResultCache | None = None,
     ) -> None:
         self._settings = settings
+        self._cache = cache
+        self._flights = Flights()
         self._gate = gatekeeper
         self._store = store
         #: a job put back by 429s more often than this fails (the bot's jobs have a deadline anyway;
@@ -219,39 +227,82 @@ class GenerationService:
         deadline_s: float | None,
         reply: ReplyHandle | None,
     ) -> Ticket:
+        key = await self._cache_key(request.params, request.model, who.guild_id) if request.reroll_of is None else None
+        if key is None:  # rerolls always bypass the cache
+            return await self._admit_job(request, who, job_id, deadline_s, reply)
+        async with self._flights.admitting(key):  # one identical request at a time: one leader
+            assert self._cache is not None
+            hit = await self._cache.get(key)
+            follows = self._flights.leader(key) if hit is None else None
+            ticket = await self._admit_job(request, who, job_id, deadline_s, reply, hit=hit, follows=follows)
+            if not ticket.replayed and hit is None:
+                if follows is None:
+                    self._flights.lead(key, job_id)
+                else:
+                    self._flights.follow(key, job_id)
+            return ticket
+
+    async def _admit_job(
+        self,
+        request: GenerationRequest,
+        who: Requester,
+        job_id: int,
+        deadline_s: float | None,
+        reply: ReplyHandle | None,
+        *,
+        hit: CacheHit | None = None,
+        follows: int | None = None,
+    ) -> Ticket:
+        """Moderation, then a queue slot (not needed by cache hits and followers), then the quota."""
         charges: list[Charge] = []
         cooldown: Cooldown | None = None
         if who.guild_id is not None and who.user_id is not None and self._gate is not None:
             await self._gate.screen(who.guild_id, who.user_id, who.channel_id, _screened_fields(request))
             charges, cooldown_ms = await self._gate.charges(who.guild_id, who.user_id, who.role_ids)
+            if hit is not None:  # free: no money, and images only if the guild counts cache hits
+                counts = (await self._gate.policy(who.guild_id)).cache_counts_toward_limits
+                charges = [c for c in charges if counts and c.scope in _IMAGE_SCOPES]
             if cooldown_ms:
                 cooldown = Cooldown(f"{who.guild_id}:{who.user_id}", self._gate.now_ms(), cooldown_ms)
-        try:
-            reservation = self.scheduler.reserve(
-                who.guild_key,
-                who.requester,
-                guild_queue_max=self._settings.guild_queue_max,
-                user_pending_max=self._settings.user_pending_max,
-                deadline_s=deadline_s,
-            )
-        except QueueRefusal as refusal:
-            raise _limit_for(refusal, self._settings) from None
+        reservation = None
+        if hit is None and follows is None:
+            try:
+                reservation = self.scheduler.reserve(
+                    who.guild_key,
+                    who.requester,
+                    guild_queue_max=self._settings.guild_queue_max,
+                    user_pending_max=self._settings.user_pending_max,
+                    deadline_s=deadline_s,
+                )
+            except QueueRefusal as refusal:
+                raise _limit_for(refusal, self._settings) from None
         try:
             inserted = await self.jobs.insert(_new_job(job_id, request, who, reply), charges=charges, cooldown=cooldown)
-        except QuotaExceeded as exc:
-            self.scheduler.cancel(reservation)
-            assert self._gate is not None and who.guild_id is not None
-            raise await self._gate.explain(who.guild_id, exc) from None
-        except CooldownActive as exc:
-            self.scheduler.cancel(reservation)
-            assert self._gate is not None
-            raise self._gate.cooldown_refusal(exc.last_ms, exc.cooldown_ms) from None
-        except BaseException:
-            self.scheduler.cancel(reservation)
+        except BaseException as exc:
+            if reservation is not None:
+                self.scheduler.cancel(reservation)
+            if isinstance(exc, QuotaExceeded):
+                assert self._gate is not None and who.guild_id is not None
+                raise await self._gate.explain(who.guild_id, exc) from None
+            if isinstance(exc, CooldownActive):
+                assert self._gate is not None
+                raise self._gate.cooldown_refusal(exc.last_ms, exc.cooldown_ms) from None
             raise
         if not inserted:  # a concurrent replay of the same interaction won the insert
-            self.scheduler.cancel(reservation)
+            if reservation is not None:
+                self.scheduler.cancel(reservation)
             return Ticket(job_id, self.scheduler.position(job_id), replayed=True)
+        if hit is not None:
+            await self.jobs.mark_cache_hit(job_id, sha256=hit.sha256, request_id=hit.request_id)
+            self._spawn(self._deliver_by_id(job_id))
+            return Ticket(job_id, None, cached=True)
+        if follows is not None:
+            position = self.scheduler.position(follows)
+            job = await self.jobs.get(job_id)
+            if job is not None:
+                self._notify(self._delivery.queued(job, position) if position else self._delivery.started(job))
+            return Ticket(job_id, position, cached=True)
+        assert reservation is not None
         self.scheduler.activate(reservation, job_id)
         return Ticket(job_id, self.scheduler.position(job_id))
 
@@ -320,6 +371,8 @@ class GenerationService:
         if job is None or job.finished:
             return
         try:
+            if job.state == "queued" and await self._answer_from_cache(job):
+                return  # e.g. a follower re-queued after a restart, whose leader's image is cached now
             if job.state != "generated":
                 generated = await self._generate(job, gate)
                 if generated is None:
@@ -389,6 +442,8 @@ class GenerationService:
         except ImagineError as exc:
             await self._fail(job, exc)
             return
+        if not job.cache_hit:
+            await self._share(job, image, sha256)
         for attempt in range(self.DELIVERY_RETRIES + 1):
             try:
                 await self._delivery.deliver(job, image)
@@ -400,9 +455,70 @@ class GenerationService:
                     return
                 log.warning("job %s: delivery failed (%s); retrying from the stored image", job.id, exc)
                 await self._sleep(0.5 * 2**attempt)
-        await self.jobs.mark_delivered(job.id, cost_fen=self._settings.price_per_image_fen)
-        await self._images.delete(sha256)
+        if job.cache_hit:
+            await self.jobs.mark_delivered(job.id, cost_fen=0, refund_scopes=await self._hit_refunds(job))
+        else:
+            await self.jobs.mark_delivered(job.id, cost_fen=self._settings.price_per_image_fen)
+        await self._release_image(sha256)
         self._finished(job.id)
+
+    # -- the result cache and shared flights -----------------------------------------------------
+    async def _cache_key(self, params: ImageParams, model: str, guild_id: int | None) -> str | None:
+        """The request's cache key, or None when the cache is off (for everyone, or for this guild)."""
+        if self._cache is None or self._settings.cache_ttl_hours <= 0:
+            return None
+        if guild_id is not None and self._gate is not None and not (await self._gate.policy(guild_id)).cache_enabled:
+            return None
+        return cache_key(params, model=model)
+
+    async def _job_cache_key(self, job: Job) -> str | None:
+        params = ImageParams(
+            prompt=job.prompt,
+            size=job.size,
+            negative_prompt=job.negative_prompt,
+            prompt_extend=job.prompt_extend,
+            watermark=job.watermark,
+            style=job.style or "",
+        )
+        return await self._cache_key(params, job.model, job.guild_id)
+
+    async def _answer_from_cache(self, job: Job) -> bool:
+        if job.reroll_of is not None or self._flights.key_of(job.id) is not None:
+            return False
+        key = await self._job_cache_key(job)
+        hit = await self._cache.get(key) if key is not None and self._cache is not None else None
+        if hit is None or not await self.jobs.mark_cache_hit(job.id, sha256=hit.sha256, request_id=hit.request_id):
+            return False
+        await self._deliver_by_id(job.id)
+        return True
+
+    async def _share(self, job: Job, image: DownloadedImage, sha256: str) -> None:
+        """A new image: into the cache, and to every identical request waiting on this one."""
+        key = self._flights.key_of(job.id) or await self._job_cache_key(job)
+        if key is not None and self._cache is not None:
+            await self._cache.put(key, sha256, len(image.data), job_id=job.id, request_id=job.request_id)
+        for follower in self._flights.land(job.id):
+            if await self.jobs.mark_cache_hit(follower, sha256=sha256, request_id=job.request_id):
+                self._spawn(self._deliver_by_id(follower))
+
+    async def _hit_refunds(self, job: Job) -> frozenset[str]:
+        """A cache hit costs nothing: money reserved is given back, images too unless the guild counts hits."""
+        counts = False
+        if job.guild_id is not None and self._gate is not None:
+            counts = (await self._gate.policy(job.guild_id)).cache_counts_toward_limits
+        return _MONEY_SCOPES if counts else _MONEY_SCOPES | _IMAGE_SCOPES
+
+    async def _release_image(self, sha256: str) -> None:
+        """Delete a delivered image unless the cache keeps it or another job still needs it."""
+        if self._cache is not None and await self._cache.holds(sha256):
+            return
+        if not await self.jobs.image_in_use(sha256):
+            await self._images.delete(sha256)
+
+    async def _deliver_by_id(self, job_id: int) -> None:
+        job = await self.jobs.get(job_id)
+        if job is not None and job.state == "generated":
+            await self._deliver(job)
 
     async def _image_for(self, job: Job) -> tuple[DownloadedImage, str]:
         """The stored bytes if we have them, else a fresh download of the URL (then stored)."""
@@ -439,7 +555,11 @@ class GenerationService:
             request_id=request_id,
         )
         if job.image_sha256:
-            await self._images.delete(job.image_sha256)
+            await self._release_image(job.image_sha256)
+        for follower in self._flights.land(job.id):  # identical requests waiting on this one fail alike
+            follower_job = await self.jobs.get(follower)
+            if follower_job is not None:
+                self._spawn(self._fail(follower_job, error))
         try:
             await self._delivery.failed(job, error)
         except Exception:

@@ -312,7 +312,7 @@ async def test_a_failure_refunds_the_period_it_was_reserved_in(open_pipeline, fa
     service = pipeline.service
     await service.submit(request(pipeline), member(10), job_id=1)
     clock.move_to(utc(2026, 11, 26, 0, 1))  # the job fails after midnight
-    await service.submit(request(pipeline), member(10), job_id=2)
+    await service.submit(request(pipeline, "another picture"), member(10), job_id=2)
     fake_api.script(Reply.error(400))
     await service.start(resume=False)  # both jobs are already in the scheduler's queue
     assert (await asyncio.wait_for(service.wait(1), 10)).state == "failed"
@@ -352,8 +352,8 @@ async def test_a_request_refused_by_the_queue_charges_nothing(open_pipeline) -> 
     pipeline = await open_pipeline(user_pending_max=1)
     await pipeline.service.submit(request(pipeline), member(10), job_id=1)
     before = await counters(pipeline)
-    with pytest.raises(LimitReached) as refused:
-        await pipeline.service.submit(request(pipeline), member(10), job_id=2)
+    with pytest.raises(LimitReached) as refused:  # (an identical request would share job 1's flight)
+        await pipeline.service.submit(request(pipeline, "another picture"), member(10), job_id=2)
     assert refused.value.limit == "user_pending"
     assert await counters(pipeline) == before
     assert await pipeline.jobs.get(2) is None

@@ -88,7 +88,8 @@ async def test_a_job_is_generated_delivered_and_charged(settings, pipeline: Pipe
     assert job.request_id == fake_api.requests[0].request_id
     assert png_size(delivery.delivered[1001]) == (1328, 1328)
     assert delivery.events == [("started", 1001), ("delivered", 1001)]
-    assert not list(settings.cache_dir.rglob("*")) or all(p.is_dir() for p in settings.cache_dir.rglob("*"))
+    files = [p for p in settings.cache_dir.rglob("*") if p.is_file()]
+    assert [f.name for f in files] == [job.image_sha256]  # kept once, for the result cache
 
 
 async def test_a_replayed_interaction_creates_no_second_job(settings, pipeline: Pipeline, fake_api) -> None:
@@ -160,7 +161,7 @@ async def test_queue_admission_refuses_before_anything_is_written(
     try:
         await pipeline.service.submit(request(settings), USER, job_id=1)
         with pytest.raises(LimitReached, match="already have 1 image"):
-            await pipeline.service.submit(request(settings), USER, job_id=2)
+            await pipeline.service.submit(request(settings, "another picture"), USER, job_id=2)
         assert await pipeline.jobs.get(2) is None
     finally:
         await pipeline.close(grace_s=2)

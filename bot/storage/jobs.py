@@ -109,6 +109,7 @@ class Job:
     token_expires_at: str | None
     message_id: int | None
     reroll_of: int | None
+    cache_hit: bool  # answered from the result cache: no upstream call, no cost
 
     @property
     def finished(self) -> bool:
@@ -119,6 +120,7 @@ class Job:
         values = dict(zip(row.keys(), tuple(row), strict=True))
         values["prompt_extend"] = bool(values["prompt_extend"])
         values["watermark"] = bool(values["watermark"])
+        values["cache_hit"] = bool(values["cache_hit"])
         values["inputs"] = json.loads(values.pop("inputs_json") or "{}")
         return cls(**{name: values[name] for name in cls.__slots__})  # type: ignore[attr-defined]
 
@@ -223,13 +225,38 @@ class JobStore:
     async def set_image(self, job_id: int, sha256: str) -> bool:
         return await self._update(job_id, "image_sha256 = :sha256", "state = 'generated'", sha256=sha256)
 
-    async def mark_delivered(self, job_id: int, *, cost_fen: int) -> bool:
+    async def mark_cache_hit(self, job_id: int, *, sha256: str, request_id: str | None) -> bool:
+        """Answered from the cache: straight to `generated` with the cached bytes, nothing billed."""
         return await self._update(
             job_id,
-            "state = 'delivered', cost_fen = :cost_fen, finished_at = :now, interaction_token = NULL",
-            "state = 'generated'",
-            cost_fen=cost_fen,
+            "state = 'generated', cache_hit = 1, image_sha256 = :sha256, request_id = :request_id,"
+            " upstream_fen = 0, started_at = COALESCE(started_at, :now), generated_at = :now",
+            "state IN ('queued', 'submitting')",
+            sha256=sha256,
+            request_id=request_id,
         )
+
+    async def mark_delivered(self, job_id: int, *, cost_fen: int, refund_scopes: frozenset[str] = frozenset()) -> bool:
+        """Delivered and charged; the reserved counters of `refund_scopes` are given back (cache hits)."""
+        async with self._store.transaction() as db:
+            cursor = await db.execute(
+                "UPDATE jobs SET state = 'delivered', cost_fen = :cost_fen, finished_at = :now,"
+                " interaction_token = NULL WHERE id = :id AND state = 'generated' RETURNING quota_json",
+                {"id": job_id, "cost_fen": cost_fen, "now": self._store.now()},
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                return False
+            if refund_scopes:
+                await refund_charges(db, [c for c in charges_from_json(row[0]) if c.scope in refund_scopes])
+        return True
+
+    async def image_in_use(self, sha256: str) -> bool:
+        """Whether an unfinished job still needs this stored image."""
+        row = await self._store.fetch_one(
+            "SELECT 1 FROM jobs WHERE image_sha256 = ? AND state IN ('queued', 'submitting', 'generated')", (sha256,)
+        )
+        return row is not None
 
     async def mark_failed(
         self, job_id: int, *, error_code: str, error_message: str, request_id: str | None = None

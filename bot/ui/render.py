@@ -85,6 +85,10 @@ def result_embed(job: Job, filename: str, now: datetime) -> discord.Embed:
     took = _seconds_between(job.queued_at, now)
     if took is not None:
         embed.add_field(name="Time", value=f"{took:.1f} s")
+    if job.cache_hit:
+        embed.add_field(
+            name="From cache", value="the same request was made before; Reroll for a new image", inline=False
+        )
     embed.set_image(url=f"attachment://{filename}")
     requester = f"<@{job.user_id}>" if job.user_id else job.requester
     embed.set_footer(text=f"job {job.id}")

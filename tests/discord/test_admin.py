@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -150,7 +151,12 @@ async def delivered(harness: BotHarness, sent: SentInteraction) -> None:
     assert (await harness.job(sent.id)).state == "delivered"
 
 
-def imagine(harness: BotHarness, prompt: str = "a lighthouse at dusk", **kw: Any) -> SentInteraction:
+_PICTURES = itertools.count(1)
+
+
+def imagine(harness: BotHarness, prompt: str | None = None, **kw: Any) -> SentInteraction:
+    """Each call asks for a different picture by default: identical ones would be free cache hits."""
+    prompt = prompt if prompt is not None else f"a lighthouse at dusk, take {next(_PICTURES)}"
     options = {"prompt": prompt, **kw.pop("options", {})}
     return harness.slash("imagine", options, **kw)
 
