@@ -206,7 +206,12 @@ class GuildAdmin:
             raise InvalidInput("Nothing to change: give at least one option.")
         await self._guilds.update_overrides(guild_id, changes, actor=actor)
         self._gate.forget(guild_id)
-        return f"<@{actor}> changed the cache settings: " + ", ".join(f"{k}={v}" for k, v in changes.items())
+        said = []
+        if enabled is not None:
+            said.append("turned the image cache " + ("on" if enabled else "off"))
+        if counts is not None:
+            said.append("made cached images " + ("count" if counts else "not count") + " toward image limits")
+        return f"<@{actor}> " + " and ".join(said) + "."
 
     # -- usage ----------------------------------------------------------------------------------
     async def reset_today(self, guild_id: int, actor: int, user_id: int) -> str:

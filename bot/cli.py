@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     usage.add_argument("--guild", type=int, metavar="ID", help="only this server's jobs, broken down by user")
 
+    cache = commands.add_parser("cache", help="the result cache: stats, prune (expired and over the cap), clear")
+    cache.add_argument("action", choices=["stats", "prune", "clear"])
+
     limits = commands.add_parser("limits", help="show a server's effective limits, budgets and moderation settings")
     limits.add_argument("--guild", type=int, metavar="ID", required=True, help="the server (guild) id")
     return parser
@@ -76,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_usage(settings, args))
         if command == "limits":
             return asyncio.run(_limits(settings, args))
+        if command == "cache":
+            return asyncio.run(_cache(settings, args))
     except ConfigError as exc:
         print(f"imagine-bot: {exc.message}", file=sys.stderr)
         return 2
@@ -122,6 +127,37 @@ async def _usage(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     for name, rows in sections:
         print(_table(name, rows))
+    return 0
+
+
+async def _cache(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from bot.cache import ResultCache
+    from bot.storage.db import Store, utc_now
+    from bot.storage.images import ImageStore
+
+    store = await Store.open(settings.database_path)
+    try:
+        cache = ResultCache(
+            store,
+            ImageStore(settings.cache_dir),
+            ttl=timedelta(hours=settings.cache_ttl_hours),
+            max_bytes=settings.cache_max_mb * 1024 * 1024,
+            utcnow=utc_now,
+        )
+        if args.action == "prune":
+            print(f"pruned {await cache.prune()} entr(y/ies): expired, or past CACHE_MAX_MB")
+        elif args.action == "clear":
+            print(f"cleared {await cache.clear()} entr(y/ies)")
+        stats = await cache.stats()
+    finally:
+        await store.close()
+    print(f"entries: {stats.entries}")
+    print(f"size:    {stats.bytes / 1024 / 1024:.1f} MiB of {settings.cache_max_mb} MiB")
+    print(f"ttl:     {settings.cache_ttl_hours:g} h (oldest {stats.oldest or '-'}, newest {stats.newest or '-'})")
+    saved = fen_to_cny(stats.hits * settings.price_per_image_fen)
+    print(f"hits:    {stats.hits} image(s) delivered from the cache, ¥{saved} saved")
     return 0
 
 

@@ -203,6 +203,22 @@ class Admin(commands.Cog):
         )
         await self._changed(interaction, text)
 
+    @admin.command(name="cache", description="Reuse images of identical requests (free), and whether reuse counts")
+    @app_commands.describe(
+        enabled="Answer an identical request from the cache instead of paying again",
+        counts_toward_limits="Whether an image from the cache counts toward a member's image limits",
+    )
+    async def cache(
+        self,
+        interaction: discord.Interaction,
+        enabled: bool | None = None,
+        counts_toward_limits: bool | None = None,
+    ) -> None:
+        text = await self._admin.set_cache(
+            interaction.guild_id, interaction.user.id, enabled=enabled, counts=counts_toward_limits
+        )
+        await self._changed(interaction, text)
+
     # -- usage, reports, export -----------------------------------------------------------------
     @admin.command(name="reset", description="Give a member back today's images")
     async def reset(self, interaction: discord.Interaction, user: discord.User) -> None:
