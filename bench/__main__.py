@@ -2,6 +2,8 @@
 
 import asyncio
 
-from bench import cache_hit
+from bench import ack_latency, cache_hit
 
+asyncio.run(ack_latency.run(requests=200, rate=50.0))
+print()
 asyncio.run(cache_hit.run(requests=40, latency=2.0))
