@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import discord
 import yarl
 from discord.ext import commands
 
-from bench.cache_hit import http, start
+from bench.harness import bench_settings, http, start
 
 
 class BareBot(commands.Bot):
@@ -97,22 +95,8 @@ async def phase(make_bot, requests: int, rate: float) -> list[float]:
 
 def imagine_bot(image_base: str) -> commands.Bot:
     from bot.app import ImagineBot
-    from bot.config import load_settings
 
-    workdir = Path(tempfile.mkdtemp(prefix="imagine-bench-"))
-    settings = load_settings(
-        _env_file=None,
-        discord_token="fake-bot-token",
-        nebula_api_key="test-key",
-        nebula_base_url=image_base,
-        database_url=f"sqlite:///{workdir / 'bench.db'}",
-        cache_dir=workdir / "cache",
-        guild_queue_max=1000,
-        user_daily_limit="none",
-        guild_daily_budget_cny="none",
-        guild_monthly_budget_cny="none",
-        log_level="WARNING",
-    )
+    settings = bench_settings(image_base, guild_queue_max=1000)
     return ImagineBot(settings, guild_ready_timeout=0.05)
 
 

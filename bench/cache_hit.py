@@ -18,39 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
-from pathlib import Path
 
 import discord
 import yarl
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def start(*args: str, marker: str) -> tuple[subprocess.Popen[str], list[str]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline().split()
-    if not line or line[0] != marker:
-        process.kill()
-        raise RuntimeError(f"{args[0]} did not start")
-    return process, line[1:]
-
-
-def http(method: str, url: str, body: object | None = None) -> object:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return json.loads(answer.read())
+from bench.harness import bench_settings, http, start
 
 
 async def one_request(control: str, prompt: str, user_id: int) -> float:
@@ -79,27 +54,13 @@ def row(name: str, samples: list[float]) -> str:
 async def phase(latency: float, batches: list[list[tuple[str, int]]]) -> list[list[float]]:
     """A fresh fake Discord, fake upstream (at `latency`) and bot; the batches run one request at a time."""
     from bot.app import ImagineBot
-    from bot.config import load_settings
 
     discord_proc, (api_base, gateway) = start("tests.fakes.fake_discord", marker="FAKE_DISCORD")
     image_proc, (image_base,) = start("tests.fakes.image_api", "--latency", str(latency), marker="FAKE_IMAGE_API")
     control = api_base.split("/api/")[0] + "/_control"
     discord.http.Route.BASE = api_base
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway)
-    workdir = Path(tempfile.mkdtemp(prefix="imagine-bench-"))
-    settings = load_settings(
-        _env_file=None,
-        discord_token="fake-bot-token",
-        nebula_api_key="test-key",
-        nebula_base_url=image_base,
-        database_url=f"sqlite:///{workdir / 'bench.db'}",
-        cache_dir=workdir / "cache",
-        upstream_rpm=6000,
-        user_daily_limit="none",
-        guild_daily_budget_cny="none",
-        guild_monthly_budget_cny="none",
-        log_level="WARNING",
-    )
+    settings = bench_settings(image_base, upstream_rpm=6000)
     bot = ImagineBot(settings, guild_ready_timeout=0.05)
     runner = asyncio.create_task(bot.start("fake-bot-token"))
     try:

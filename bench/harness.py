@@ -1,0 +1,53 @@
+"""What every benchmark needs: the fakes in processes of their own, and the bot's settings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from bot.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start(*args: str, marker: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start `python -m <args>` and read the line in which it announces its address."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline().split()
+    if not line or line[0] != marker:
+        process.kill()
+        raise RuntimeError(f"{args[0]} did not start")
+    return process, line[1:]
+
+
+def http(method: str, url: str, body: object | None = None) -> object:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def bench_settings(image_base: str, **overrides: object) -> Settings:
+    """The bot against the fakes, in a fresh temp folder, with no per-user or budget limits."""
+    workdir = Path(tempfile.mkdtemp(prefix="imagine-bench-"))
+    values: dict[str, object] = {
+        "_env_file": None,
+        "discord_token": "fake-bot-token",
+        "nebula_api_key": "test-key",
+        "nebula_base_url": image_base,
+        "database_url": f"sqlite:///{workdir / 'bench.db'}",
+        "cache_dir": workdir / "cache",
+        "user_daily_limit": "none",
+        "guild_daily_budget_cny": "none",
+        "guild_monthly_budget_cny": "none",
+        "log_level": "WARNING",
+        **overrides,
+    }
+    return load_settings(**values)
