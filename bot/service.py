@@ -259,7 +259,7 @@ class GenerationService:
         if who.guild_id is not None and who.user_id is not None and self._gate is not None:
             await self._gate.screen(who.guild_id, who.user_id, who.channel_id, _screened_fields(request))
             charges, cooldown_ms = await self._gate.charges(who.guild_id, who.user_id, who.role_ids)
-            if hit is not None:  # free: no money, and images only if the guild counts cache hits
+            if hit is not None or follows is not None:  # free: no money; images only if hits count
                 counts = (await self._gate.policy(who.guild_id)).cache_counts_toward_limits
                 charges = [c for c in charges if counts and c.scope in _IMAGE_SCOPES]
             if cooldown_ms:
@@ -371,8 +371,8 @@ class GenerationService:
         if job is None or job.finished:
             return
         try:
-            if job.state == "queued" and await self._answer_from_cache(job):
-                return  # e.g. a follower re-queued after a restart, whose leader's image is cached now
+            if job.state == "queued" and await self._take_flight(job):
+                return  # answered from the cache, or following an identical job in flight
             if job.state != "generated":
                 generated = await self._generate(job, gate)
                 if generated is None:
@@ -482,14 +482,41 @@ class GenerationService:
         )
         return await self._cache_key(params, job.model, job.guild_id)
 
-    async def _answer_from_cache(self, job: Job) -> bool:
-        if job.reroll_of is not None or self._flights.key_of(job.id) is not None:
-            return False
+    async def _take_flight(self, job: Job) -> bool:
+        """A queued job about to run (e.g. re-queued after a restart) joins single-flight now.
+
+        True when it needs no generation of its own: answered from the cache, or following an
+        identical job already in flight. Otherwise it leads, and a former follower (which
+        reserved no money) reserves its share of the budget first.
+        """
+        if job.reroll_of is not None or self._flights.key_of(job.id) is not None or self._cache is None:
+            return False  # rerolls always generate; a leader already holds its flight
         key = await self._job_cache_key(job)
-        hit = await self._cache.get(key) if key is not None and self._cache is not None else None
-        if hit is None or not await self.jobs.mark_cache_hit(job.id, sha256=hit.sha256, request_id=hit.request_id):
+        if key is None:
             return False
+        async with self._flights.admitting(key):
+            hit = await self._cache.get(key)
+            if hit is None:
+                if self._flights.leader(key) is not None:
+                    self._flights.follow(key, job.id)
+                    return True
+                self._flights.lead(key, job.id)
+                return not await self._reserve_money(job)
+            if not await self.jobs.mark_cache_hit(job.id, sha256=hit.sha256, request_id=hit.request_id):
+                return False
         await self._deliver_by_id(job.id)
+        return True
+
+    async def _reserve_money(self, job: Job) -> bool:
+        """Reserve the budget a job about to be generated has not reserved yet; False if it failed."""
+        if job.guild_id is None or job.user_id is None or self._gate is None:
+            return True
+        charges, _ = await self._gate.charges(job.guild_id, job.user_id, ())
+        try:
+            await self.jobs.add_charges(job.id, [c for c in charges if c.scope in _MONEY_SCOPES])
+        except QuotaExceeded as exc:
+            await self._fail(job, await self._gate.explain(job.guild_id, exc))
+            return False
         return True
 
     async def _share(self, job: Job, image: DownloadedImage, sha256: str) -> None:
@@ -534,7 +561,7 @@ class GenerationService:
         await self.jobs.set_image(job.id, sha256)
         return image, sha256
 
-    async def _fail(self, job: Job, error: BaseException) -> None:
+    async def _fail(self, job: Job, error: BaseException, *, shared: bool = False) -> None:
         job = await self._reload(job)  # the current row, with its reply token (erased by mark_failed)
         request_id = getattr(error, "request_id", None)
         code = type(error).__name__
@@ -559,12 +586,12 @@ class GenerationService:
         for follower in self._flights.land(job.id):  # identical requests waiting on this one fail alike
             follower_job = await self.jobs.get(follower)
             if follower_job is not None:
-                self._spawn(self._fail(follower_job, error))
+                self._spawn(self._fail(follower_job, error, shared=True))
         try:
             await self._delivery.failed(job, error)
         except Exception:
             log.exception("job %s: could not report the failure", job.id)
-        if isinstance(error, ContentRejected) and job.guild_id is not None:
+        if isinstance(error, ContentRejected) and job.guild_id is not None and not shared:
             await self.post_to_mod_log(
                 job.guild_id,
                 f"⚠️ The provider refused a prompt of <@{job.user_id}> (content safety, request "

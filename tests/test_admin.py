@@ -529,6 +529,7 @@ async def test_the_csv_export_parsed_back_equals_the_jobs_table(world: World, cl
             "upstream_cny": cny(row["upstream_fen"]),
             "request_id": row["request_id"] or "",
             "error_code": row["error_code"] or "",
+            "cache_hit": "yes" if row["cache_hit"] else "no",
             "prompt": row["prompt"],
         }
     by_id = {int(r["job_id"]): r for r in parsed}
@@ -554,5 +555,5 @@ async def test_an_empty_export_is_just_the_header(world: World) -> None:
     data = await world.admin.export_csv(GUILD, 30)
     assert data.decode("utf-8").splitlines() == [
         "job_id,queued_at,finished_at,user_id,command,style,size,state,cost_cny,upstream_cny,request_id,"
-        "error_code,prompt"
+        "error_code,cache_hit,prompt"
     ]

@@ -7,6 +7,7 @@ injected; unless a test needs jobs to run, the scheduler is not started, so acce
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -112,8 +113,12 @@ async def open_pipeline(
         await pipeline.close(grace_s=1)
 
 
-def request(pipeline: Pipeline, prompt: str = "A cute orange kitten"):
-    return RequestBuilder(pipeline.settings).imagine(prompt)
+_PICTURES = itertools.count(1)
+
+
+def request(pipeline: Pipeline, prompt: str | None = None):
+    """A different picture each time by default: identical requests would share one (free) image."""
+    return RequestBuilder(pipeline.settings).imagine(prompt or f"A cute orange kitten, take {next(_PICTURES)}")
 
 
 async def counters(pipeline: Pipeline) -> dict[tuple[str, str, str], int]:

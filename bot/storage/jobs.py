@@ -191,6 +191,20 @@ class JobStore:
         )
         return [Job.from_row(row) for row in rows]
 
+    async def add_charges(self, job_id: int, charges: list[Charge]) -> None:
+        """Reserve more for a job (all or nothing; QuotaExceeded changes nothing)."""
+        async with self._store.transaction() as db:
+            cursor = await db.execute("SELECT quota_json FROM jobs WHERE id = ?", (job_id,))
+            row = await cursor.fetchone()
+            held = charges_from_json(row[0] if row else None)
+            missing = [
+                c
+                for c in charges
+                if (c.scope, c.subject, c.period) not in {(h.scope, h.subject, h.period) for h in held}
+            ]
+            await apply_charges(db, missing)
+            await db.execute("UPDATE jobs SET quota_json = ? WHERE id = ?", (charges_to_json(held + missing), job_id))
+
     async def mark_submitting(self, job_id: int) -> bool:
         return await self._update(
             job_id,

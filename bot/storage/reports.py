@@ -137,6 +137,7 @@ LEDGER_COLUMNS = (
     "upstream_cny",
     "request_id",
     "error_code",
+    "cache_hit",
     "prompt",
 )
 
@@ -145,7 +146,7 @@ async def guild_ledger(store: Store, guild_id: int, since: str, until: str) -> l
     """The guild's jobs in [since, until), oldest first, as CSV-ready rows."""
     rows = await store.fetch_all(
         "SELECT id, queued_at, finished_at, user_id, command, style, size, state, cost_fen, upstream_fen,"
-        " request_id, error_code, prompt FROM jobs"
+        " request_id, error_code, cache_hit, prompt FROM jobs"
         " WHERE guild_id = ? AND queued_at >= ? AND queued_at < ? ORDER BY queued_at, id",
         (guild_id, since, until),
     )
@@ -166,6 +167,7 @@ async def guild_ledger(store: Store, guild_id: int, since: str, until: str) -> l
                     fen_to_cny(r["upstream_fen"]),
                     r["request_id"] or "",
                     r["error_code"] or "",
+                    "yes" if r["cache_hit"] else "no",
                     r["prompt"],
                 ),
                 strict=True,
