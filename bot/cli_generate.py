@@ -12,13 +12,13 @@ from typing import TextIO
 
 from bot.cli import describe_failure, exit_code_for
 from bot.config import Settings
+from bot.contracts import Requester
 from bot.errors import ImagineError
 from bot.imaging.download import DownloadedImage
 from bot.pipeline import Pipeline
 from bot.presets import size_label
 from bot.requests import RequestBuilder
 from bot.scheduler import QueuePosition
-from bot.service import Requester
 from bot.storage.jobs import Job
 from bot.storage.reports import fen_to_cny
 

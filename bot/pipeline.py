@@ -16,12 +16,13 @@ from bot.admin import GuildAdmin
 from bot.cache import ResultCache
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
+from bot.contracts import Delivery
 from bot.gatekeeper import Gatekeeper
 from bot.imaging.client import ImageClient
 from bot.imaging.download import ImageFetcher
 from bot.imaging.retry import RetryPolicy
 from bot.limiter import UpstreamLimiter
-from bot.service import Delivery, GenerationService
+from bot.service import GenerationService
 from bot.storage.db import Store, utc_now
 from bot.storage.guilds import GuildStore
 from bot.storage.images import ImageStore

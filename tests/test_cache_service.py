@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 
 from bot.config import Settings
+from bot.contracts import Requester
 from bot.errors import LimitReached
 from bot.imaging.download import DownloadedImage
 from bot.imaging.errors import ServerError
 from bot.pipeline import Pipeline
 from bot.requests import GenerationRequest, RequestBuilder
 from bot.scheduler import QueuePosition
-from bot.service import Requester
 from bot.storage.db import Store
 from bot.storage.jobs import Job, JobStore, NewJob
 from bot.storage.reports import usage_summary
@@ -471,7 +471,7 @@ async def test_the_ledger_shows_the_hit_at_zero_cost(pipeline: Pipeline, clock: 
         (str(first.id), "delivered", "0.18", "0.18"),
         (str(hit.id), "delivered", "0.00", "0.00"),
     ]
-    stats = await pipeline.service._cache.stats()
+    stats = await pipeline.service.runner.cache.stats()
     assert (stats.entries, stats.hits) == (1, 1)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from bot.config import Settings
+from bot.contracts import Requester
 from bot.errors import LimitReached
 from bot.gatekeeper import Refused, RuleRefusal
 from bot.imaging.download import DownloadedImage
@@ -23,7 +24,6 @@ from bot.limits import discord_time
 from bot.pipeline import Pipeline
 from bot.requests import RequestBuilder
 from bot.scheduler import QueuePosition
-from bot.service import Requester
 from bot.storage.jobs import Job
 from tests.fakes.image_api import FakeImageApi, Reply
 
@@ -102,8 +102,8 @@ async def open_pipeline(
         settings = make_settings(**values)
         pipeline = await Pipeline.open(settings, delivery, wall_clock=clock, max_requeues=max_requeues)
         opened.append(pipeline)
-        pipeline.service._sleep = _no_sleep  # delivery retry backoff
-        pipeline.service._client._sleep = _no_sleep  # the client's retry backoff
+        pipeline.service.runner._sleep = _no_sleep  # delivery retry backoff
+        pipeline.service.runner._client._sleep = _no_sleep  # the client's retry backoff
         if start:
             await pipeline.service.start()
         return pipeline

@@ -11,13 +11,13 @@ from collections.abc import Callable
 import pytest
 
 from bot.config import Settings
+from bot.contracts import DeliveryError, Requester, ShuttingDown
 from bot.errors import LimitReached
 from bot.imaging.download import DownloadedImage
 from bot.imaging.errors import ContentRejected, ServerError
 from bot.pipeline import Pipeline
 from bot.requests import RequestBuilder
 from bot.scheduler import QueuePosition
-from bot.service import DeliveryError, Requester, ShuttingDown
 from bot.storage.jobs import Job, JobStore, NewJob
 from tests.fakes.image_api import FakeImageApi, Reply
 from tests.fakes.png import png_size
@@ -64,7 +64,7 @@ async def delivery() -> RecordingDelivery:
 @pytest.fixture
 async def pipeline(settings: Settings, delivery: RecordingDelivery):
     pipeline = await Pipeline.open(settings, delivery)
-    pipeline.service._sleep = _no_sleep  # delivery retry backoff
+    pipeline.service.runner._sleep = _no_sleep  # delivery retry backoff
     await pipeline.service.start()
     yield pipeline
     await pipeline.close(grace_s=1)
@@ -269,7 +269,7 @@ async def test_restart_resumes_every_unfinished_job_exactly_once(settings: Setti
 
 
 async def test_server_error_fails_cleanly_after_retries(settings, pipeline: Pipeline, delivery, fake_api) -> None:
-    pipeline.service._client._sleep = _no_sleep
+    pipeline.service.runner._client._sleep = _no_sleep
     fake_api.script(*[Reply.error(500)] * 3)
     ticket = await pipeline.service.submit(request(settings), USER)
     job = await asyncio.wait_for(pipeline.service.wait(ticket.job_id), 10)

@@ -22,9 +22,9 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import discord
 
+from bot.contracts import DeliveryError
 from bot.imaging.download import DownloadedImage
 from bot.scheduler import QueuePosition
-from bot.service import DeliveryError
 from bot.storage.jobs import Job
 from bot.ui import render
 

@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import discord
 
+from bot.contracts import ReplyHandle, Requester, Ticket
 from bot.requests import GenerationRequest
-from bot.service import GenerationService, ReplyHandle, Requester, Ticket
+from bot.service import GenerationService
 
 #: Discord's interaction tokens live 15 minutes from the interaction's creation.
 TOKEN_LIFETIME = timedelta(minutes=15)

@@ -82,7 +82,7 @@ class BotHarness:
         self.bot.pipeline = None  # close() must not drain
         if pipeline is not None:
             await pipeline.service.scheduler.stop(0)
-            for task in list(pipeline.service._background):
+            for task in list(pipeline.service.background.tasks):
                 task.cancel()
             await pipeline.http.aclose()
             await pipeline.store.close()

@@ -1,0 +1,91 @@
+"""The service's vocabulary, shared by the service, the job runner, the CLI and the Discord layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from bot.errors import ImagineError
+from bot.imaging.download import DownloadedImage
+from bot.scheduler import QueuePosition
+from bot.storage.jobs import Job
+
+CLI_GUILD = "cli"
+
+
+def guild_key(guild_id: int | None) -> str:
+    """The scheduler's queue of a guild (the CLI has one of its own)."""
+    return f"guild:{guild_id}" if guild_id is not None else CLI_GUILD
+
+
+class DeliveryError(Exception):
+    """Posting the result failed; `retryable` for 429/5xx/dropped connections on the far side."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class JobInterrupted(ImagineError):
+    """The bot stopped mid-request twice: the job is not submitted a third time."""
+
+
+class ImageLost(ImagineError):
+    """A generated image can no longer be fetched (no stored bytes, no URL)."""
+
+
+class ShuttingDown(ImagineError):
+    """The bot is stopping and accepts no new work."""
+
+
+class Delivery(Protocol):
+    """Where a job's progress and result go (a file for the CLI, a Discord message for the bot)."""
+
+    async def queued(self, job: Job, position: QueuePosition) -> None: ...
+
+    async def started(self, job: Job) -> None: ...
+
+    async def deliver(self, job: Job, image: DownloadedImage) -> None: ...
+
+    async def failed(self, job: Job, error: BaseException) -> None: ...
+
+    async def moderation(self, channel_id: int, text: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    requester: str  # "cli" or the Discord user id
+    guild_id: int | None = None
+    channel_id: int | None = None
+    user_id: int | None = None
+    role_ids: tuple[int, ...] = ()  # the member's roles: role overrides of the limits
+
+    @property
+    def guild_key(self) -> str:
+        return guild_key(self.guild_id)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    running: int
+    waiting: int
+    mine: list[QueuePosition]  # the caller's waiting jobs, in order
+    new_request_wait_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyHandle:
+    """Where a Discord job's progress is shown: the interaction's reply, while its token is valid."""
+
+    token: str = field(repr=False)
+    expires_at: datetime
+    message_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    job_id: int
+    position: QueuePosition | None
+    replayed: bool = False  # the id existed already: nothing new was queued
+    cached: bool = False  # answered from the result cache (or shares an identical request in flight)

@@ -1,0 +1,321 @@
+"""Running one job, under an upstream permit: generate, store, share, deliver, charge, or fail.
+
+The scheduler calls `run`. The job row is the truth at every step: `generated` (URL and request
+id) is written before anything else is done with the image, so a restart only re-fetches and
+re-delivers. A new image goes into the result cache and to every identical request waiting on
+it (single-flight); a cache hit is delivered at zero cost. Every failure is recorded with the
+upstream request id, refunds what the job reserved, and is told to the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+
+from bot import messages
+from bot.background import Background
+from bot.cache import Flights, ResultCache
+from bot.config import Settings
+from bot.contracts import Delivery, DeliveryError, ImageLost
+from bot.errors import ImagineError
+from bot.gatekeeper import Gatekeeper
+from bot.imaging.client import Gate, ImageClient
+from bot.imaging.download import DownloadedImage, ImageFetcher, sniff_kind
+from bot.imaging.errors import ContentRejected, ImageDownloadError, RateLimited, UpstreamError
+from bot.imaging.models import ImageRequest
+from bot.modlog import ModerationLog, excerpt
+from bot.presets import ImageParams, cache_key
+from bot.scheduler import QueueItem
+from bot.storage.images import ImageStore
+from bot.storage.jobs import Job, JobStore
+from bot.storage.quotas import QuotaExceeded
+
+log = logging.getLogger("imagine.service")
+
+MONEY_SCOPES = frozenset({"guild_day_fen", "guild_month_fen"})
+IMAGE_SCOPES = frozenset({"user_day", "user_month"})
+
+
+class JobRunner:
+    DELIVERY_RETRIES = 3
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        jobs: JobStore,
+        images: ImageStore,
+        client: ImageClient,
+        fetcher: ImageFetcher,
+        delivery: Delivery,
+        background: Background,
+        mod_log: ModerationLog,
+        flights: Flights,
+        on_finished: Callable[[int], None],
+        on_requeued: Callable[[int], None],
+        cache: ResultCache | None = None,
+        gatekeeper: Gatekeeper | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_requeues: int = 5,
+    ) -> None:
+        self._settings = settings
+        self.jobs = jobs
+        self._images = images
+        self._client = client
+        self._fetcher = fetcher
+        self._delivery = delivery
+        self._background = background
+        self._mod_log = mod_log
+        self._flights = flights
+        self._on_finished = on_finished
+        self._on_requeued = on_requeued
+        self.cache = cache
+        self._gate = gatekeeper
+        self._sleep = sleep
+        #: a job put back by 429s more often than this fails (the bot's jobs have a deadline anyway;
+        #: the CLI passes 0: after the client's own retries it reports the failure)
+        self._max_requeues = max_requeues
+        self._requeues: dict[int, int] = defaultdict(int)
+
+    async def run(self, item: QueueItem, gate: Gate) -> None:
+        """The scheduler's runner: one job, holding an upstream permit for its first attempt."""
+        job = await self.jobs.get(item.job_id)
+        if job is None or job.finished:
+            return
+        try:
+            if job.state == "queued" and await self._take_flight(job):
+                return  # answered from the cache, or following an identical job in flight
+            if job.state != "generated":
+                generated = await self._generate(job, gate)
+                if generated is None:
+                    return
+                job = generated
+            await self.deliver(job)
+        except RateLimited:
+            raise  # the scheduler puts the job back at the head of its queue
+        except Exception as exc:  # a bug must fail one job, never the bot
+            log.exception("job %s failed unexpectedly", job.id)
+            await self.fail(job, exc)
+
+    async def _generate(self, job: Job, gate: Gate) -> Job | None:
+        if not await self.jobs.mark_submitting(job.id):
+            return None
+        self._background.notify(self._delivery.started(job))
+        request = ImageRequest(
+            model=job.model,
+            prompt=job.prompt,
+            size=job.size,
+            negative_prompt=job.negative_prompt,
+            prompt_extend=job.prompt_extend,
+            watermark=job.watermark,
+        )
+        try:
+            response = await self._client.generate(request, gate=gate)
+        except RateLimited as exc:
+            self._requeues[job.id] += 1
+            if self._requeues[job.id] <= self._max_requeues:
+                await self.jobs.mark_queued_again(job.id)
+                log.warning(
+                    "job %s: upstream busy (request_id=%s); back to the head of its queue",
+                    job.id,
+                    exc.request_id,
+                )
+                self._on_requeued(job.id)
+                raise
+            await self.fail(job, exc)
+            return None
+        except UpstreamError as exc:
+            await self.fail(job, exc)
+            return None
+        image = response.first
+        # The URL and request id are durable before anything else happens: from here on a restart
+        # re-fetches and re-delivers, and never pays for a second generation.
+        await self.jobs.mark_generated(
+            job.id,
+            request_id=response.request_id,
+            image_url=image.url,
+            revised_prompt=image.revised_prompt,
+            upstream_fen=self._settings.price_per_image_fen,
+        )
+        if not image.url:
+            try:
+                inline = await asyncio.to_thread(
+                    self._fetcher.decode_b64, image.b64_json, request_id=response.request_id
+                )
+            except ImageDownloadError as exc:
+                await self.fail(await self._reload(job), exc)
+                return None
+            await self.jobs.set_image(job.id, await self._images.put(inline.data))
+        return await self._reload(job)
+
+    async def deliver(self, job: Job) -> None:
+        try:
+            image, sha256 = await self._image_for(job)
+        except ImagineError as exc:
+            await self.fail(job, exc)
+            return
+        if not job.cache_hit:
+            await self._share(job, image, sha256)
+        for attempt in range(self.DELIVERY_RETRIES + 1):
+            try:
+                await self._delivery.deliver(job, image)
+                break
+            except DeliveryError as exc:
+                if not exc.retryable or attempt == self.DELIVERY_RETRIES:
+                    log.warning("job %s: delivery failed for good: %s", job.id, exc)
+                    await self.fail(job, ImagineError(messages.DELIVERY_FAILED))
+                    return
+                log.warning("job %s: delivery failed (%s); retrying from the stored image", job.id, exc)
+                await self._sleep(0.5 * 2**attempt)
+        if job.cache_hit:
+            await self.jobs.mark_delivered(job.id, cost_fen=0, refund_scopes=await self._hit_refunds(job))
+        else:
+            await self.jobs.mark_delivered(job.id, cost_fen=self._settings.price_per_image_fen)
+        await self._release_image(sha256)
+        self._finish(job.id)
+
+    # -- the result cache and shared flights -----------------------------------------------------
+    async def cache_key(self, params: ImageParams, model: str, guild_id: int | None) -> str | None:
+        """The request's cache key, or None when the cache is off (for everyone, or for this guild)."""
+        if self.cache is None or self._settings.cache_ttl_hours <= 0:
+            return None
+        if guild_id is not None and self._gate is not None and not (await self._gate.policy(guild_id)).cache_enabled:
+            return None
+        return cache_key(params, model=model)
+
+    async def _job_cache_key(self, job: Job) -> str | None:
+        params = ImageParams(
+            prompt=job.prompt,
+            size=job.size,
+            negative_prompt=job.negative_prompt,
+            prompt_extend=job.prompt_extend,
+            watermark=job.watermark,
+            style=job.style or "",
+        )
+        return await self.cache_key(params, job.model, job.guild_id)
+
+    async def _take_flight(self, job: Job) -> bool:
+        """A queued job about to run (e.g. re-queued after a restart) joins single-flight now.
+
+        True when it needs no generation of its own: answered from the cache, or following an
+        identical job already in flight. Otherwise it leads, and a former follower (which
+        reserved no money) reserves its share of the budget first.
+        """
+        if job.reroll_of is not None or self._flights.key_of(job.id) is not None or self.cache is None:
+            return False  # rerolls always generate; a leader already holds its flight
+        key = await self._job_cache_key(job)
+        if key is None:
+            return False
+        async with self._flights.admitting(key):
+            hit = await self.cache.get(key)
+            if hit is None:
+                if self._flights.leader(key) is not None:
+                    self._flights.follow(key, job.id)
+                    return True
+                self._flights.lead(key, job.id)
+                return not await self._reserve_money(job)
+            if not await self.jobs.mark_cache_hit(job.id, sha256=hit.sha256, request_id=hit.request_id):
+                return False
+        await self.deliver_by_id(job.id)
+        return True
+
+    async def _reserve_money(self, job: Job) -> bool:
+        """Reserve the budget a job about to be generated has not reserved yet; False if it failed."""
+        if job.guild_id is None or job.user_id is None or self._gate is None:
+            return True
+        charges, _ = await self._gate.charges(job.guild_id, job.user_id, ())
+        try:
+            await self.jobs.add_charges(job.id, [c for c in charges if c.scope in MONEY_SCOPES])
+        except QuotaExceeded as exc:
+            await self.fail(job, await self._gate.explain(job.guild_id, exc))
+            return False
+        return True
+
+    async def _share(self, job: Job, image: DownloadedImage, sha256: str) -> None:
+        """A new image: into the cache, and to every identical request waiting on this one."""
+        key = self._flights.key_of(job.id) or await self._job_cache_key(job)
+        if key is not None and self.cache is not None:
+            await self.cache.put(key, sha256, len(image.data), job_id=job.id, request_id=job.request_id)
+        for follower in self._flights.land(job.id):
+            if await self.jobs.mark_cache_hit(follower, sha256=sha256, request_id=job.request_id):
+                self._background.spawn(self.deliver_by_id(follower))
+
+    async def _hit_refunds(self, job: Job) -> frozenset[str]:
+        """A cache hit costs nothing: money reserved is given back, images too unless the guild counts hits."""
+        counts = False
+        if job.guild_id is not None and self._gate is not None:
+            counts = (await self._gate.policy(job.guild_id)).cache_counts_toward_limits
+        return MONEY_SCOPES if counts else MONEY_SCOPES | IMAGE_SCOPES
+
+    async def _release_image(self, sha256: str) -> None:
+        """Delete a delivered image unless the cache keeps it or another job still needs it."""
+        if self.cache is not None and await self.cache.holds(sha256):
+            return
+        if not await self.jobs.image_in_use(sha256):
+            await self._images.delete(sha256)
+
+    async def deliver_by_id(self, job_id: int) -> None:
+        job = await self.jobs.get(job_id)
+        if job is not None and job.state == "generated":
+            await self.deliver(job)
+
+    async def _image_for(self, job: Job) -> tuple[DownloadedImage, str]:
+        """The stored bytes if we have them, else a fresh download of the URL (then stored)."""
+        if job.image_sha256:
+            data = await self._images.get(job.image_sha256)
+            kind = sniff_kind(data) if data else None
+            if data is not None and kind is not None:
+                return DownloadedImage(data=data, kind=kind), job.image_sha256
+        if not job.image_url:
+            raise ImageLost("The generated image was lost before it could be delivered. " + messages.NOT_CHARGED)
+        image = await self._fetcher.fetch(job.image_url, request_id=job.request_id)
+        sha256 = await self._images.put(image.data)
+        await self.jobs.set_image(job.id, sha256)
+        return image, sha256
+
+    async def fail(self, job: Job, error: BaseException, *, shared: bool = False) -> None:
+        job = await self._reload(job)  # the current row, with its reply token (erased by mark_failed)
+        request_id = getattr(error, "request_id", None)
+        code = type(error).__name__
+        log.warning(
+            "job %s failed: %s: %s (request_id=%s)",
+            job.id,
+            code,
+            getattr(error, "message", error),
+            request_id or "-",
+        )
+        hint = messages.operator_hint(error)
+        if hint:
+            log.error("operator action needed: %s", hint)
+        await self.jobs.mark_failed(
+            job.id,
+            error_code=code,
+            error_message=str(getattr(error, "message", error)),
+            request_id=request_id,
+        )
+        if job.image_sha256:
+            await self._release_image(job.image_sha256)
+        for follower in self._flights.land(job.id):  # identical requests waiting on this one fail alike
+            follower_job = await self.jobs.get(follower)
+            if follower_job is not None:
+                self._background.spawn(self.fail(follower_job, error, shared=True))
+        try:
+            await self._delivery.failed(job, error)
+        except Exception:
+            log.exception("job %s: could not report the failure", job.id)
+        if isinstance(error, ContentRejected) and job.guild_id is not None and not shared:
+            await self._mod_log.post(
+                job.guild_id,
+                f"⚠️ The provider refused a prompt of <@{job.user_id}> (content safety, request "
+                f"`{request_id or '-'}`): {excerpt(job.prompt)}",
+            )
+        self._finish(job.id)
+
+    def _finish(self, job_id: int) -> None:
+        self._requeues.pop(job_id, None)
+        self._on_finished(job_id)
+
+    async def _reload(self, job: Job) -> Job:
+        return await self.jobs.get(job.id) or job
