@@ -84,16 +84,8 @@ class RequestBuilder:
 
     def reroll(self, job: Job) -> GenerationRequest:
         """The same parameters again, as a new job (a new image, charged again)."""
-        params = ImageParams(
-            prompt=job.prompt,
-            size=job.size,
-            negative_prompt=job.negative_prompt,
-            prompt_extend=job.prompt_extend,
-            watermark=job.watermark,
-            style=job.style or presets.DEFAULT_STYLE,
-        )
         return GenerationRequest(
-            command="reroll", params=params, model=job.model, inputs=dict(job.inputs), reroll_of=job.id
+            command="reroll", params=params_of(job), model=job.model, inputs=dict(job.inputs), reroll_of=job.id
         )
 
     def _resolve(self, prompt: str, **choices: Any) -> ImageParams:
@@ -108,6 +100,18 @@ class RequestBuilder:
             negative_max_chars=settings.negative_prompt_max_chars,
             **choices,
         )
+
+
+def params_of(job: Job) -> ImageParams:
+    """The parameters a stored job was generated with (for a reroll, or its cache key)."""
+    return ImageParams(
+        prompt=job.prompt,
+        size=job.size,
+        negative_prompt=job.negative_prompt,
+        prompt_extend=job.prompt_extend,
+        watermark=job.watermark,
+        style=job.style or presets.DEFAULT_STYLE,
+    )
 
 
 def _present(**fields: str | None) -> dict[str, str]:

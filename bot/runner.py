@@ -27,6 +27,7 @@ from bot.imaging.errors import ContentRejected, ImageDownloadError, RateLimited,
 from bot.imaging.models import ImageRequest
 from bot.modlog import ModerationLog, excerpt
 from bot.presets import ImageParams, cache_key
+from bot.requests import params_of
 from bot.scheduler import QueueItem
 from bot.storage.images import ImageStore
 from bot.storage.jobs import Job, JobStore
@@ -186,15 +187,7 @@ class JobRunner:
         return cache_key(params, model=model)
 
     async def _job_cache_key(self, job: Job) -> str | None:
-        params = ImageParams(
-            prompt=job.prompt,
-            size=job.size,
-            negative_prompt=job.negative_prompt,
-            prompt_extend=job.prompt_extend,
-            watermark=job.watermark,
-            style=job.style or "",
-        )
-        return await self.cache_key(params, job.model, job.guild_id)
+        return await self.cache_key(params_of(job), job.model, job.guild_id)
 
     async def _take_flight(self, job: Job) -> bool:
         """A queued job about to run (e.g. re-queued after a restart) joins single-flight now.
