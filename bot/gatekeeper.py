@@ -80,7 +80,8 @@ class Gatekeeper:
 
     async def rules(self, guild_id: int) -> RuleSet:
         if guild_id not in self._rules:
-            self._rules[guild_id] = RuleSet(await self.guilds.rules(guild_id))
+            rules = await self.guilds.rules(guild_id)
+            self._rules[guild_id] = await asyncio.to_thread(RuleSet, rules)  # compiling is CPU work
         return self._rules[guild_id]
 
     def forget(self, guild_id: int) -> None:

@@ -39,10 +39,6 @@ class GuildPolicy:
     cache_enabled: bool = True
     cache_counts_toward_limits: bool = False
 
-    @property
-    def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
-
     def with_overrides(self, overrides: Mapping[str, Any]) -> GuildPolicy:
         """Apply a guild's stored changes (JSON) over the defaults; unknown keys are ignored."""
         known = {f.name for f in fields(self)}

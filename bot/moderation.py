@@ -67,8 +67,12 @@ def _has_spaceless_script(word: str) -> bool:
     return any(unicodedata.name(ch, "").startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL")) for ch in word)
 
 
-def compile_rule(kind: RuleKind, pattern: str) -> regex.Pattern[str]:
-    """Compile (and vet) a rule; InvalidInput says what is wrong with it."""
+def compile_rule(kind: RuleKind, pattern: str, *, vet: bool = True) -> regex.Pattern[str]:
+    """Compile a rule, and vet it (probes for catastrophic backtracking) when it is being added.
+
+    InvalidInput says what is wrong with it. Stored rules were vetted when added, so reloading
+    them skips the probes.
+    """
     pattern = pattern.strip()
     if not pattern:
         raise InvalidInput("The rule is empty.", field="pattern")
@@ -83,7 +87,7 @@ def compile_rule(kind: RuleKind, pattern: str) -> regex.Pattern[str]:
         compiled = regex.compile(pattern, regex.IGNORECASE)
     except regex.error as exc:
         raise InvalidInput(f"That regular expression is invalid: {exc}.", field="pattern") from None
-    for probe in _PROBES:
+    for probe in _PROBES if vet else ():
         try:
             compiled.search(probe, timeout=MATCH_TIMEOUT_S)
         except TimeoutError:
@@ -97,7 +101,7 @@ class RuleSet:
     """A guild's rules, compiled once (rebuilt when an admin changes them)."""
 
     def __init__(self, rules: Iterable[Rule]) -> None:
-        self._compiled = [(rule, compile_rule(rule.kind, rule.pattern)) for rule in rules]
+        self._compiled = [(rule, compile_rule(rule.kind, rule.pattern, vet=False)) for rule in rules]
 
     def __len__(self) -> int:
         return len(self._compiled)

@@ -112,9 +112,10 @@ def test_an_accepted_rule_does_not_refuse_an_ordinary_prompt_of_allowed_length()
     # What the add-time vetting should guarantee: a rule that is accepted can screen any prompt up to
     # PROMPT_MAX_CHARS (800) within its time budget, so a harmless prompt is not refused as "timed out".
     try:
-        rules = RuleSet([Rule(5, "regex", r"(\w+\s?)+$", "x")])
+        compile_rule("regex", r"(\w+\s?)+$")  # the vetting every rule passes when it is added
     except InvalidInput:
         return  # refused when added: fine as well
+    rules = RuleSet([Rule(5, "regex", r"(\w+\s?)+$", "x")])
     prompt = "一只可爱的橘猫在阳光下的窗台上睡觉" * 40 + "。"  # Chinese has no spaces: one long \w+ run
     assert len(prompt) <= 800
     assert rules.check({"prompt": prompt}) is None
