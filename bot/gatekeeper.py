@@ -10,10 +10,11 @@ the job store applies them in the same transaction that writes the job (see
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import TypeVar
 
 from bot.config import Settings
 from bot.errors import LimitReached
@@ -21,6 +22,8 @@ from bot.limits import GuildPolicy, Periods, discord_time, member_limits, period
 from bot.moderation import RuleMatch, RuleSet
 from bot.storage.guilds import GuildStore
 from bot.storage.quotas import Charge, QuotaExceeded
+
+_T = TypeVar("_T")
 
 
 class Refused(LimitReached):
@@ -71,22 +74,43 @@ class Gatekeeper:
         self._defaults = default_policy(settings)
         self._policies: dict[int, GuildPolicy] = {}
         self._rules: dict[int, RuleSet] = {}
+        self._generations: dict[int, int] = {}  # bumped by forget(): see _cached
 
     # -- cached per-guild state (dropped whenever an admin changes it) --------------------------
+    # A load awaits the store (and compiles rules in a thread); an admin change can land meanwhile.
+    # forget() bumps the guild's generation, and a load keeps its result only if the generation
+    # did not move while it ran: otherwise it reloads, so a change is never hidden by a stale load.
     async def policy(self, guild_id: int) -> GuildPolicy:
-        if guild_id not in self._policies:
-            self._policies[guild_id] = self._defaults.with_overrides(await self.guilds.overrides(guild_id))
-        return self._policies[guild_id]
+        return await self._cached(self._policies, guild_id, self._load_policy)
 
     async def rules(self, guild_id: int) -> RuleSet:
-        if guild_id not in self._rules:
-            rules = await self.guilds.rules(guild_id)
-            self._rules[guild_id] = await asyncio.to_thread(RuleSet, rules)  # compiling is CPU work
-        return self._rules[guild_id]
+        return await self._cached(self._rules, guild_id, self._load_rules)
 
     def forget(self, guild_id: int) -> None:
+        self._generations[guild_id] = self._generations.get(guild_id, 0) + 1
         self._policies.pop(guild_id, None)
         self._rules.pop(guild_id, None)
+
+    async def _load_policy(self, guild_id: int) -> GuildPolicy:
+        return self._defaults.with_overrides(await self.guilds.overrides(guild_id))
+
+    async def _load_rules(self, guild_id: int) -> RuleSet:
+        rules = await self.guilds.rules(guild_id)
+        return await asyncio.to_thread(RuleSet, rules)  # compiling is CPU work
+
+    async def _cached(
+        self, cache: dict[int, _T], guild_id: int, load: Callable[[int], Awaitable[_T]], *, attempts: int = 5
+    ) -> _T:
+        for _ in range(attempts):
+            if guild_id in cache:
+                return cache[guild_id]
+            generation = self._generations.get(guild_id, 0)
+            value = await load(guild_id)
+            if self._generations.get(guild_id, 0) == generation:
+                cache[guild_id] = value
+                return value
+        # changed during every attempt: use the newest load without caching it (the next call reloads)
+        return value
 
     # -- screening ------------------------------------------------------------------------------
     async def screen(

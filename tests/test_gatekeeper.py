@@ -14,16 +14,20 @@ from typing import Any
 
 import pytest
 
+from bot.admin import GuildAdmin
 from bot.config import Settings
 from bot.contracts import Requester
 from bot.errors import LimitReached
-from bot.gatekeeper import Refused, RuleRefusal
+from bot.gatekeeper import Gatekeeper, Refused, RuleRefusal
 from bot.imaging.download import DownloadedImage
 from bot.imaging.errors import ContentRejected
 from bot.limits import discord_time
+from bot.moderation import Rule
 from bot.pipeline import Pipeline
 from bot.requests import RequestBuilder
 from bot.scheduler import QueuePosition
+from bot.storage.db import Store
+from bot.storage.guilds import GuildStore
 from bot.storage.jobs import Job
 from tests.fakes.image_api import FakeImageApi, Reply
 
@@ -480,3 +484,73 @@ async def test_other_failures_are_not_posted_to_the_moderation_log(open_pipeline
     await pipeline.service.submit(request(pipeline), member(10), job_id=1)
     assert (await asyncio.wait_for(pipeline.service.wait(1), 10)).error_code == "BadRequest"
     assert delivery.moderation_posts == []
+
+
+# -- the per-guild cache and changes made while it reloads --------------------------------------------------
+
+
+class PausingGuildStore(GuildStore):
+    """Real reads; the next read of `pause_on` ("rules" or "overrides") waits on `release` after reading."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.pause_on: str | None = None
+        self.read_done = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def _pause(self, method: str) -> None:
+        if self.pause_on == method:
+            self.pause_on = None  # only that one read waits
+            self.read_done.set()
+            await self.release.wait()
+
+    async def rules(self, guild_id: int) -> list[Rule]:
+        found = await super().rules(guild_id)
+        await self._pause("rules")
+        return found
+
+    async def overrides(self, guild_id: int) -> dict[str, Any]:
+        found = await super().overrides(guild_id)
+        await self._pause("overrides")
+        return found
+
+
+@pytest.fixture
+async def paused_gate(make_settings: Callable[..., Settings], clock: WallClock):
+    settings = make_settings()
+    store = await Store.open(settings.database_path, clock=clock)
+    guilds = PausingGuildStore(store)
+    gate = Gatekeeper(settings, guilds, utcnow=clock)
+    try:
+        yield gate, guilds, GuildAdmin(store, gate)
+    finally:
+        await store.close()
+
+
+async def test_a_rule_added_while_the_rules_reload_is_in_flight_is_enforced(paused_gate) -> None:
+    gate, guilds, admin = paused_gate
+    await admin.add_rule(GUILD, ADMIN, "word", "first", "no first")
+    guilds.pause_on = "rules"
+    in_flight = asyncio.create_task(gate.screen(GUILD, 10, CHANNEL, {"prompt": "a calm lake"}))
+    await guilds.read_done.wait()  # the load has read [first] and has not stored it yet
+    await admin.add_rule(GUILD, ADMIN, "word", "second", "no second")  # drops the (empty) cache entry
+    guilds.release.set()
+    await in_flight
+
+    with pytest.raises(RuleRefusal) as refused:
+        await gate.screen(GUILD, 10, CHANNEL, {"prompt": "the second picture"})
+    assert refused.value.match.rule.pattern == "second"
+    assert len(await gate.rules(GUILD)) == 2
+
+
+async def test_a_channel_allowed_while_the_policy_reload_is_in_flight_is_seen(paused_gate) -> None:
+    gate, guilds, admin = paused_gate
+    await admin.allow_channel(GUILD, ADMIN, 77, True)
+    guilds.pause_on = "overrides"
+    in_flight = asyncio.create_task(gate.policy(GUILD))
+    await guilds.read_done.wait()
+    await admin.allow_channel(GUILD, ADMIN, 78, True)
+    guilds.release.set()
+    assert (await in_flight).allowed_channels == frozenset({77, 78})  # the load that raced reloads
+    assert (await gate.policy(GUILD)).allowed_channels == frozenset({77, 78})
+    await gate.screen(GUILD, 10, 78, {"prompt": "a calm lake"})
