@@ -1,10 +1,9 @@
 """Fair dispatch of image jobs onto the shared upstream.
 
 The upstream is slow, paid and rate-limited account-wide, so the queue in front of it must be
-fair: guilds take turns (round-robin among guilds with waiting jobs), and inside a guild users
-take turns (round-robin among users with waiting jobs, each user's own jobs FIFO). A guild or
-user that appears goes to the back of the turn order, so a flood from one guild or one user
-delays everyone else by at most one job per turn.
+fair: guilds take turns, and inside a guild users take turns. That order is ``FairQueue``'s
+(``bot.fair_queue``, pure and synchronous); this module owns admission, the dispatch loop, the
+running set and the ETAs.
 
 The dispatch loop acquires a limiter permit *before* choosing the job, so the choice is made
 at the moment the upstream can take it (late binding: positions stay accurate, and a job
@@ -20,25 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
 
 from bot.clock import Clock, wait_event
+from bot.fair_queue import FairQueue, QueueItem
 from bot.imaging.errors import RateLimited
 from bot.limiter import Gate, Permit, UpstreamLimiter
 
+__all__ = ["QueueItem", "QueuePosition", "QueueRefusal", "Reservation", "Runner", "Scheduler"]
+
 log = logging.getLogger("imagine.scheduler")
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class QueueItem:
-    job_id: int
-    guild_key: str
-    user_key: str
-    enqueued_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,26 +60,11 @@ class QueueRefusal(Exception):
 
 
 @dataclass
-class _GuildQueue:
-    users: dict[str, deque[QueueItem]] = field(default_factory=dict)  # only users with waiting jobs
-    turns: deque[str] = field(default_factory=deque)  # the users' round-robin order
-
-
-@dataclass
 class _Running:
     item: QueueItem
     gate: Gate
     task: asyncio.Task[None]
     started_at: float
-
-
-def _round_robin(queues: Iterable[list[T]]) -> list[T]:
-    """Interleave: first element of each queue in turn, then the second of each, and so on."""
-    queues = list(queues)
-    out: list[T] = []
-    for r in range(max(map(len, queues), default=0)):
-        out.extend(q[r] for q in queues if r < len(q))
-    return out
 
 
 def _owner(item: QueueItem | Reservation) -> tuple[str, str]:
@@ -110,13 +87,9 @@ class Scheduler:
         self._runner = runner
         self._clock = clock or limiter.clock
         self._on_change = on_change
-        self._guilds: dict[str, _GuildQueue] = {}  # only guilds with waiting jobs
-        self._guild_turns: deque[str] = deque()
-        self._waiting: dict[int, QueueItem] = {}
+        self._queue = FairQueue()  # the waiting jobs
         self._running: dict[int, _Running] = {}
         self._reservations: set[Reservation] = set()  # few, short-lived: counted by scanning
-        self._order: list[QueueItem] | None = None  # cached global dispatch order
-        self._index: dict[int, tuple[int, int]] = {}  # job_id -> (guild pos, global pos)
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -143,7 +116,7 @@ class Scheduler:
         if self.pending_count(guild_key, user_key) >= user_pending_max:
             raise QueueRefusal("user_pending", self._user_retry_after(guild_key, user_key))
         if deadline_s is not None:
-            finish = self.estimate_wait(self._prospective_position(guild_key, user_key))
+            finish = self.estimate_wait(self._queue.prospective_position(guild_key, user_key))
             finish += self._limiter.avg_hold_s
             if finish > deadline_s:
                 raise QueueRefusal("too_long_wait", finish - deadline_s)
@@ -169,16 +142,15 @@ class Scheduler:
         ``front=True`` puts it at the head of its user's queue and makes that user and guild
         next in turn.
         """
-        if item.job_id in self._waiting or item.job_id in self._running:
+        if item.job_id in self._queue or item.job_id in self._running:
             raise ValueError(f"job {item.job_id} is already queued or running")
         self._push(item, front)
         self._changed()
 
     def remove(self, job_id: int) -> QueueItem | None:
         """Take a waiting job out of the queue (e.g. the user cancelled it)."""
-        item = self._waiting.get(job_id)
+        item = self._queue.discard(job_id)
         if item is not None:
-            self._discard(item)
             self._changed()
         return item
 
@@ -186,42 +158,37 @@ class Scheduler:
 
     def waiting(self, guild_key: str | None = None) -> list[QueueItem]:
         """Waiting jobs in the order they will be dispatched (of one guild, or all)."""
-        order = self._dispatch_order()
-        return order if guild_key is None else [i for i in order if i.guild_key == guild_key]
+        return self._queue.order(guild_key)
 
     def running(self, guild_key: str) -> list[QueueItem]:
         return [r.item for r in self._running.values() if r.item.guild_key == guild_key]
 
     def waiting_count(self, guild_key: str) -> int:
         """Jobs waiting in the guild's queue (reservations not included)."""
-        gq = self._guilds.get(guild_key)
-        return sum(map(len, gq.users.values())) if gq else 0
+        return self._queue.count(guild_key)
 
     def pending_count(self, guild_key: str, user_key: str) -> int:
         """The user's jobs in this guild: waiting + running + reserved."""
-        gq = self._guilds.get(guild_key)
-        waiting = len(gq.users.get(user_key, ())) if gq else 0
+        waiting = self._queue.count(guild_key, user_key)
         running = sum(1 for r in self._running.values() if _owner(r.item) == (guild_key, user_key))
         reserved = sum(1 for r in self._reservations if _owner(r) == (guild_key, user_key))
         return waiting + running + reserved
 
     def position(self, job_id: int) -> QueuePosition | None:
-        self._dispatch_order()
-        if job_id not in self._index:
+        place = self._queue.place(job_id)
+        if place is None:
             return None
-        guild_pos, global_pos = self._index[job_id]
-        return QueuePosition(guild_pos, global_pos, self.estimate_wait(global_pos))
+        return QueuePosition(place.guild_position, place.global_position, self.estimate_wait(place.global_position))
 
     def positions(self) -> dict[int, QueuePosition]:
         """Every waiting job's position at once (one pass, for broadcasting updates)."""
-        self._dispatch_order()
         base = self._limiter.delay_until_ready()
         step = self._seconds_per_start()
-        return {j: QueuePosition(g, p, base + (p - 1) * step) for j, (g, p) in self._index.items()}
+        return {j: QueuePosition(g, p, base + (p - 1) * step) for j, (g, p) in self._queue.places().items()}
 
     def wait_for_new_job(self, guild_key: str, user_key: str) -> float:
         """Seconds until a job this user submitted now would be dispatched (for /queue)."""
-        return self.estimate_wait(self._prospective_position(guild_key, user_key))
+        return self.estimate_wait(self._queue.prospective_position(guild_key, user_key))
 
     def estimate_wait(self, global_position: int) -> float:
         """Seconds until the job at this position is dispatched, from the limiter's throughput."""
@@ -257,11 +224,11 @@ class Scheduler:
 
     async def _dispatch_loop(self) -> None:
         while True:
-            while not self._guild_turns:
+            while not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             permit = await self._limiter.acquire()
-            item = self._pop_next()
+            item = self._queue.pop()
             if item is None:  # the job was removed while we waited for the upstream
                 permit.release(used=False)
                 continue
@@ -292,83 +259,15 @@ class Scheduler:
             self._idle.set()
 
     def _push(self, item: QueueItem, front: bool) -> None:
-        g, u = item.guild_key, item.user_key
-        gq = self._guilds.get(g)
-        if gq is None:
-            gq = self._guilds[g] = _GuildQueue()
-            self._guild_turns.append(g)
-        if u not in gq.users:
-            gq.users[u] = deque()
-            gq.turns.append(u)
-        if front:
-            gq.users[u].appendleft(item)
-            gq.turns.remove(u)
-            gq.turns.appendleft(u)
-            self._guild_turns.remove(g)
-            self._guild_turns.appendleft(g)
-        else:
-            gq.users[u].append(item)
-        self._waiting[item.job_id] = item
+        self._queue.push(item, front=front)
         self._wakeup.set()
 
-    def _pop_next(self) -> QueueItem | None:
-        """The next job in fair order; its user and guild go to the back of their turns."""
-        if not self._guild_turns:
-            return None
-        gq = self._guilds[self._guild_turns[0]]
-        item = gq.users[gq.turns[0]][0]
-        self._guild_turns.rotate(-1)
-        gq.turns.rotate(-1)
-        self._discard(item)
-        return item
-
-    def _discard(self, item: QueueItem) -> None:
-        """Take a waiting item out; a user or guild left with nothing leaves the turn order."""
-        del self._waiting[item.job_id]
-        g, u = item.guild_key, item.user_key
-        gq = self._guilds[g]
-        gq.users[u].remove(item)
-        if not gq.users[u]:
-            del gq.users[u]
-            gq.turns.remove(u)
-        if not gq.users:
-            del self._guilds[g]
-            self._guild_turns.remove(g)
-
     def _changed(self) -> None:
-        self._order = None
         if self._on_change is not None:
             try:
                 self._on_change()
             except Exception:
                 log.exception("on_change observer failed")
-
-    def _guild_sequence(self, g: str, extra_user: str | None = None) -> list[QueueItem | None]:
-        """The guild's waiting jobs in dispatch order; ``None`` marks a hypothetical new job."""
-        gq = self._guilds.get(g) or _GuildQueue()
-        queues: list[list[QueueItem | None]] = [list(gq.users[u]) for u in gq.turns]
-        if extra_user is not None:
-            if extra_user in gq.users:
-                queues[list(gq.turns).index(extra_user)].append(None)
-            else:
-                queues.append([None])
-        return _round_robin(queues)
-
-    def _dispatch_order(self) -> list[QueueItem]:
-        if self._order is None:
-            seqs = [self._guild_sequence(g) for g in self._guild_turns]
-            in_guild = {it.job_id: n for seq in seqs for n, it in enumerate(seq, 1) if it is not None}
-            self._order = [it for it in _round_robin(seqs) if it is not None]
-            self._index = {it.job_id: (in_guild[it.job_id], n) for n, it in enumerate(self._order, 1)}
-        return self._order
-
-    def _prospective_position(self, guild_key: str, user_key: str) -> int:
-        """The global position a new job of this user would get if it were enqueued now."""
-        turns = list(self._guild_turns)
-        if guild_key not in turns:
-            turns.append(guild_key)
-        seqs = [self._guild_sequence(g, user_key if g == guild_key else None) for g in turns]
-        return _round_robin(seqs).index(None) + 1
 
     def _seconds_per_start(self) -> float:
         lim = self._limiter
