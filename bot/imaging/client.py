@@ -34,11 +34,32 @@ from bot.imaging.retry import RetryPolicy, parse_retry_after, retry_delay, shoul
 
 log = logging.getLogger("imagine.imaging")
 
-# What the provider says when its safety system refuses a prompt (e.g. "DataInspectionFailed",
-# "Output data may contain inappropriate content").
-_CONTENT_REFUSAL = re.compile(
-    r"data\s*inspection|inappropriate|sensitive|content\s*(policy|moderation|security)|safety|green\s*net",
-    re.IGNORECASE,
+# -- the provider's content-safety refusals: the one list -------------------------------------------
+# qwen-image-plus runs on Alibaba Cloud Model Studio (DashScope); the gateway passes its refusals
+# on as a 400 (sometimes with the vendor's string code in the body ``code``, sometimes only in the
+# message). Sources:
+#   - Model Studio "Status codes": 400 ``DataInspectionFailed`` / ``data_inspection_failed`` with
+#     "Input or output data may contain inappropriate content." / "Input data may contain
+#     inappropriate content." / "Output data may contain inappropriate content."
+#     https://alibabacloud.com/help/en/model-studio/developer-reference/error-code
+#   - Qwen Cloud "Safety", moderation error codes (400): ``data_inspection_failed``,
+#     ``ip_infringement_suspect`` "Input data is suspected of being involved in IP infringement.",
+#     ``custom_role_blocked`` "Input or output data may contain inappropriate content with custom
+#     rule."; for image generation also "The image content does not comply with green network
+#     verification."  https://docs.qwencloud.com/developer-guides/run-and-scale/safety
+#   - as DashScope's native API words it (QwenLM/qwen-code#3145): "<400>
+#     InternalError.Algo.DataInspectionFailed: Input text data may contain inappropriate content."
+# Codes match as whole identifiers, any spelling (CamelCase, snake_case, a dotted segment); texts
+# match as whole documented sentences. A word such as "sensitive" or "safety" alone means nothing:
+# "model name is case-sensitive" or "the safety_level parameter is invalid" are parameter errors.
+SAFETY_CODES = ("DataInspectionFailed", "IPInfringementSuspect", "CustomRoleBlocked")
+SAFETY_TEXTS = (
+    "Input or output data may contain inappropriate content",
+    "Input data may contain inappropriate content",
+    "Input text data may contain inappropriate content",
+    "Output data may contain inappropriate content",
+    "Input data is suspected of being involved in IP infringement",
+    "The image content does not comply with green network verification",
 )
 # Failures where the request never reached the server: retrying cannot cause a second charge.
 _NEVER_SENT = (
@@ -141,6 +162,8 @@ def parse_response(response: httpx.Response) -> ImageResponse:
         raise MalformedResponse("the image API answered 200 with a body that is not JSON", request_id=request_id)
     elif isinstance(body_code, int) and not isinstance(body_code, bool):
         status = body_code
+    elif isinstance(body_code, str) and names_safety_code(body_code):
+        status = 400  # a refusal in a 200 body, named by the vendor's string code
     else:
         status = 200
     if status != 200:
@@ -172,7 +195,7 @@ def error_for_status(
         "code": code if isinstance(code, int | str) else status,
         "request_id": request_id,
     }
-    if status == 400 and _CONTENT_REFUSAL.search(message):
+    if is_content_refusal(status, code, message):
         return ContentRejected(message, **kw)
     if status == 401:
         return AuthenticationFailed(message, **kw)
@@ -185,6 +208,34 @@ def error_for_status(
     if 400 <= status < 500:
         return BadRequest(message, **kw)
     return MalformedResponse(f"unexpected status {status}: {message}", **kw)
+
+
+def is_content_refusal(status: int, code: object, message: str) -> bool:
+    """The provider's safety system refused the request: by its code first, then by its known texts.
+
+    A string body ``code`` naming a safety refusal is decisive whatever the status; otherwise only a
+    400 can be one, when its message names a safety code or carries one of the documented texts.
+    """
+    if isinstance(code, str) and names_safety_code(code):
+        return True
+    if status != 400:
+        return False
+    folded = " ".join(message.split()).casefold()
+    return names_safety_code(message) or any(text in folded for text in _SAFETY_TEXT_KEYS)
+
+
+def names_safety_code(text: str) -> bool:
+    """Whether ``text`` contains one of SAFETY_CODES as a whole identifier, in any spelling."""
+    return any(_code_key(token) in _SAFETY_CODE_KEYS for token in _IDENTIFIER.findall(text))
+
+
+def _code_key(code: str) -> str:
+    return code.replace("_", "").casefold()  # DataInspectionFailed == data_inspection_failed
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # "InternalError.Algo.DataInspectionFailed": 3 tokens
+_SAFETY_CODE_KEYS = frozenset(_code_key(code) for code in SAFETY_CODES)
+_SAFETY_TEXT_KEYS = tuple(text.casefold() for text in SAFETY_TEXTS)
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any] | None:

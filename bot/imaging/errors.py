@@ -48,7 +48,8 @@ class BadRequest(UpstreamError):
 
 
 class ContentRejected(BadRequest):
-    """400 naming data inspection / inappropriate content: the provider refused the prompt."""
+    """The provider's safety system refused the prompt: a 400 (or a body code) naming one of its
+    safety refusals, as listed in ``client.SAFETY_CODES`` / ``client.SAFETY_TEXTS``."""
 
 
 class AuthenticationFailed(UpstreamError):

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from bot.imaging.client import ImageClient
+from bot.imaging.client import ImageClient, parse_response
 from bot.imaging.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -227,3 +227,62 @@ async def test_wrong_key_is_authentication_failed(http, fake_api: FakeImageApi) 
     client, _ = make_client(http, fake_api.base_url, api_key=SecretStr("sk-wrong"))
     with pytest.raises(AuthenticationFailed):
         await client.generate(REQUEST)
+
+
+# -- content-safety classification ---------------------------------------------------------------
+# The provider's documented refusal codes and texts (see `SAFETY_CODES` / `SAFETY_TEXTS` in
+# bot/imaging/client.py for the sources), and 400s that merely mention a safety-sounding word.
+def _answer(http_status: int, code: object, msg: str) -> httpx.Response:
+    return httpx.Response(http_status, json={"code": code, "msg": msg, "data": None})
+
+
+@pytest.mark.parametrize(
+    ("http_status", "code", "msg", "error_type"),
+    [
+        # refused by the provider's content inspection: by code ...
+        (400, "DataInspectionFailed", "Input data may contain inappropriate content.", ContentRejected),
+        (400, "data_inspection_failed", "Input or output data may contain inappropriate content.", ContentRejected),
+        (
+            400,
+            "IPInfringementSuspect",
+            "Input data is suspected of being involved in IP infringement.",
+            ContentRejected,
+        ),
+        (400, "ip_infringement_suspect", "refused", ContentRejected),
+        (400, "InternalError.Algo.DataInspectionFailed", "refused", ContentRejected),
+        (200, "DataInspectionFailed", "Output data may contain inappropriate content.", ContentRejected),
+        # ... by a code leading the message ...
+        (400, 400, "DataInspectionFailed: Input data may contain inappropriate content.", ContentRejected),
+        (
+            400,
+            400,
+            "<400> InternalError.Algo.DataInspectionFailed: Input text data may contain inappropriate content.",
+            ContentRejected,
+        ),
+        (400, 400, "data_inspection_failed", ContentRejected),
+        # ... or by the documented text (the gateway keeps the message, drops the string code)
+        (400, 400, "Input data may contain inappropriate content.", ContentRejected),
+        (400, 400, "Output data may contain inappropriate content.", ContentRejected),
+        (200, 400, "Output data may contain inappropriate content. (DataInspectionFailed)", ContentRejected),
+        (400, 400, "Input data is suspected of being involved in IP infringement.", ContentRejected),
+        (400, 400, "The image content does not comply with green network verification.", ContentRejected),
+        # parameter errors that only mention a safety-sounding word stay BadRequest
+        (400, 400, "Parameter Error: Unsupported image size", BadRequest),
+        (400, 400, "model name is case-sensitive", BadRequest),
+        (400, 400, "Parameter Error: the model name is case-sensitive, use qwen-image-plus", BadRequest),
+        (400, 400, "the safety_level parameter is invalid", BadRequest),
+        (400, "InvalidParameter", "parameters.safety_check must be a boolean", BadRequest),
+        (400, 400, "Parameter Error: sensitive_words is not a known field", BadRequest),
+        (400, 400, "content_policy: unknown parameter", BadRequest),
+        (400, 400, "X-DashScope-DataInspection header is malformed", BadRequest),
+        (400, 400, "Parameter Error: negative_prompt is too long (inappropriate length)", BadRequest),
+        # a safety word on another status keeps that status's class
+        (403, 403, "Insufficient balance for data inspection", PermissionDenied),
+        (500, 500, "safety service unavailable", ServerError),
+    ],
+)
+def test_content_refusal_is_classified_by_code_and_known_texts(http_status, code, msg, error_type) -> None:
+    with pytest.raises(error_type) as caught:
+        parse_response(_answer(http_status, code, msg))
+    assert type(caught.value) is error_type
+    assert caught.value.message in msg  # kept (cleaned of HTML-like tags such as "<400>")
