@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,16 +84,25 @@ class Store:
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """`BEGIN IMMEDIATE` ... COMMIT under the write lock; rolls back on any exception.
 
+        Atomic against cancellation too. aiosqlite runs each call in the connection's thread, in order,
+        so a statement whose await is cancelled still runs: a cancelled BEGIN used to leave the
+        connection inside a transaction that every later write then failed to BEGIN. So BEGIN, COMMIT
+        and ROLLBACK are awaited to their end and the lock is held until the transaction is closed;
+        a cancelled body or BEGIN is rolled back. A COMMIT already reached runs anyway, so a
+        transaction cancelled during its COMMIT IS committed (the caller still gets CancelledError).
+
         Never await network I/O inside: the lock would stall every other write.
         """
         async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
             try:
+                await _to_the_end(self._writer.execute("BEGIN IMMEDIATE"))
                 yield self._writer
+                await _to_the_end(self._writer.execute("COMMIT"))
             except BaseException:
-                await self._writer.execute("ROLLBACK")
+                # Whatever failed or was cancelled (BEGIN, the body, COMMIT), leave no transaction open.
+                # sqlite3's rollback() is a no-op outside a transaction, decided in the thread, in order.
+                await _to_the_end(self._writer.rollback())
                 raise
-            await self._writer.execute("COMMIT")
 
     async def write(self, sql: str, params: Params = ()) -> int:
         """One statement in its own transaction; returns the number of rows changed."""
@@ -131,6 +140,22 @@ class Store:
             "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+
+async def _to_the_end(statement: Awaitable[Any]) -> None:
+    """Await `statement` until it has run, even if this task is cancelled meanwhile (then re-raise that)."""
+    task = asyncio.ensure_future(statement)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait({task})  # cancelling the wait leaves the statement's task running
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is not None:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("statement failed after its caller was cancelled: %r", task.exception())
+        raise cancelled
+    task.result()
 
 
 async def _connect(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -228,3 +230,144 @@ async def test_image_store_round_trip_and_corruption(tmp_path: Path) -> None:
     await images.delete(sha)
     assert await images.get(sha) is None
     assert not list((tmp_path / "cache").rglob(".tmp-*"))
+
+
+# -- cancellation: a write transaction is all-or-nothing and never leaves the connection inside one -------
+# aiosqlite runs each call in the connection's own thread, in order: a statement whose await was
+# cancelled still runs. A cancelled writer must therefore close its transaction before giving up.
+
+
+async def test_a_write_cancelled_while_beginning_leaves_no_open_transaction(store: Store) -> None:
+    task = asyncio.create_task(store.set_meta("cancelled", "x"))
+    await asyncio.sleep(0)  # the task has handed BEGIN IMMEDIATE to the thread and awaits it
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await store.set_meta("after", "ok")  # used to fail: cannot start a transaction within a transaction
+    assert await store.get_meta("after") == "ok"
+    assert await store.get_meta("cancelled") is None
+
+
+async def test_a_transaction_cancelled_at_any_await_point_is_all_or_nothing(store: Store) -> None:
+    async def two_rows() -> None:
+        async with store.transaction() as db:
+            await db.execute("INSERT INTO meta(key, value) VALUES ('a', '1')")
+            await asyncio.sleep(0)
+            await db.execute("INSERT INTO meta(key, value) VALUES ('b', '2')")
+            await asyncio.sleep(0)
+
+    outcomes = []
+    for n in range(5000):  # about 100 are needed here; the thread's fsync decides
+        await store.write("DELETE FROM meta WHERE key IN ('a', 'b')")  # the next write always succeeds
+        task = asyncio.create_task(two_rows())
+        for _ in range(n):
+            await asyncio.sleep(0)
+        completed = task.done()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            assert not completed
+        rows = {r["key"] for r in await store.fetch_all("SELECT key FROM meta WHERE key IN ('a', 'b')")}
+        assert rows in (set(), {"a", "b"}), f"half-written after {n} loop iterations: {rows}"
+        outcomes.append((completed, bool(rows)))
+        if completed:
+            break
+    else:
+        pytest.fail("the transaction never completed")
+    assert outcomes[-1] == (True, True)
+    assert (False, False) in outcomes  # some cancellations did roll back
+    await store.set_meta("after", "ok")
+    assert await store.get_meta("after") == "ok"
+
+
+@pytest.fixture
+def gate():
+    """Set it to release the `gate()` SQL function (see `gate_function`); always set at teardown."""
+    gate = threading.Event()
+    yield gate
+    gate.set()
+
+
+def gate_function(gate: threading.Event) -> Callable[[], bool]:
+    """An SQL function that holds the connection's thread until `gate` is set (at most 10 s)."""
+    return lambda: gate.wait(10)
+
+
+async def test_a_write_cancelled_during_commit_is_committed_before_the_cancel_is_seen(
+    store: Store, gate: threading.Event
+) -> None:
+    # Decision: a COMMIT handed to the thread runs anyway, so the transaction IS committed; the
+    # cancelled caller sees CancelledError only once that COMMIT has run.
+    body_done = asyncio.Event()
+    held: list[asyncio.Future] = []
+
+    async def two_rows() -> None:
+        async with store.transaction() as db:
+            await db.create_function("gate", 0, gate_function(gate))
+            await db.execute("INSERT INTO meta(key, value) VALUES ('a', '1')")
+            await db.execute("INSERT INTO meta(key, value) VALUES ('b', '2')")
+            held.append(asyncio.ensure_future(db.execute("SELECT gate()")))
+            await asyncio.sleep(0)  # the gate is queued: the COMMIT will wait behind it
+            body_done.set()
+
+    task = asyncio.create_task(two_rows())
+    await body_done.wait()
+    for _ in range(5):
+        await asyncio.sleep(0)  # the task now awaits its COMMIT
+    task.cancel()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not task.done(), "the cancel propagated before the COMMIT ran (the write lock is already free)"
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await held[0]
+    assert (await store.get_meta("a"), await store.get_meta("b")) == ("1", "2")
+    await store.set_meta("after", "ok")
+    assert await store.get_meta("after") == "ok"
+
+
+async def test_a_write_cancelled_during_its_rollback_is_rolled_back(store: Store, gate: threading.Event) -> None:
+    body_done = asyncio.Event()
+    held: list[asyncio.Future] = []
+
+    async def doomed() -> None:
+        async with store.transaction() as db:
+            await db.create_function("gate", 0, gate_function(gate))
+            await db.execute("INSERT INTO meta(key, value) VALUES ('a', '1')")
+            held.append(asyncio.ensure_future(db.execute("SELECT gate()")))
+            await asyncio.sleep(0)  # the gate is queued: the ROLLBACK will wait behind it
+            body_done.set()
+            raise RuntimeError("roll back")
+
+    task = asyncio.create_task(doomed())
+    await body_done.wait()
+    for _ in range(5):
+        await asyncio.sleep(0)  # the task now awaits its ROLLBACK
+    task.cancel()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not task.done(), "the cancel propagated before the ROLLBACK ran (the write lock is already free)"
+    gate.set()
+    with pytest.raises(asyncio.CancelledError) as raised:
+        await task
+    assert isinstance(raised.value.__context__, RuntimeError)
+    await held[0]
+    assert await store.get_meta("a") is None
+    await store.set_meta("after", "ok")
+    assert await store.get_meta("after") == "ok"
+
+
+async def test_a_failed_commit_is_rolled_back(store: Store) -> None:
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        async with store.transaction() as db:
+            await db.execute("PRAGMA defer_foreign_keys=ON")  # the violation is reported by COMMIT
+            await db.execute(
+                "INSERT INTO jobs (id, requester, command, model, prompt, size, prompt_extend, watermark,"
+                " queued_at, reroll_of) VALUES (1, 'cli', 'cli', 'm', 'p', 's', 1, 1, ?, 999)",
+                (store.now(),),
+            )
+    await store.set_meta("after", "ok")
+    assert await store.get_meta("after") == "ok"
+    assert await store.fetch_one("SELECT id FROM jobs") is None
