@@ -126,22 +126,15 @@ class GuildAdmin:
             _check_count(monthly, "images per month")
             limit["monthly"] = monthly
             month_text = f"{_limit_text(monthly)} a month"
-        roles = await self._role_limits(guild_id)
-        roles[str(role_id)] = limit
-        await self._guilds.update_overrides(guild_id, {"role_limits": roles}, actor=actor)
+        await self._guilds.set_role_limit(guild_id, role_id, limit, actor=actor)  # one statement: see GuildStore
         self._gate.forget(guild_id)
         return f"<@{actor}> set <@&{role_id}> to {_limit_text(daily)} a day, {month_text}."
 
     async def clear_role_limit(self, guild_id: int, actor: int, role_id: int) -> str:
-        roles = await self._role_limits(guild_id)
-        if roles.pop(str(role_id), None) is None:
+        if await self._guilds.clear_role_limit(guild_id, role_id, actor=actor) is None:
             raise InvalidInput("That role has no override.")
-        await self._guilds.update_overrides(guild_id, {"role_limits": roles}, actor=actor)
         self._gate.forget(guild_id)
         return f"<@{actor}> removed the override of <@&{role_id}>."
-
-    async def _role_limits(self, guild_id: int) -> dict[str, Any]:
-        return dict((await self._guilds.overrides(guild_id)).get("role_limits", {}))
 
     # -- blocks ---------------------------------------------------------------------------------
     async def block(
@@ -180,9 +173,7 @@ class GuildAdmin:
 
     # -- channels and the log -------------------------------------------------------------------
     async def allow_channel(self, guild_id: int, actor: int, channel_id: int, allowed: bool) -> str:
-        channels = set((await self._guilds.overrides(guild_id)).get("allowed_channels", []))
-        (channels.add if allowed else channels.discard)(channel_id)
-        await self._guilds.update_overrides(guild_id, {"allowed_channels": sorted(channels)}, actor=actor)
+        channels = await self._guilds.allow_channel(guild_id, channel_id, allowed, actor=actor)  # one statement
         self._gate.forget(guild_id)
         verb = "allowed" if allowed else "disallowed"
         scope = "only the allowed channels" if channels else "every channel"

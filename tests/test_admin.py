@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator, Callable
@@ -557,3 +558,59 @@ async def test_an_empty_export_is_just_the_header(world: World) -> None:
         "job_id,queued_at,finished_at,user_id,command,style,size,state,cost_cny,upstream_cny,request_id,"
         "error_code,cache_hit,prompt"
     ]
+
+
+# -- concurrent changes: one statement each, nothing lost ----------------------------------------------
+
+
+@pytest.fixture
+async def second_process(world: World, make_settings: Callable[..., Settings], clock: WallClock):
+    """Another bot process on the same database file: its own Store (connections), gatekeeper and admin."""
+    settings = make_settings(user_daily_limit=3)
+    store = await Store.open(world.store.path, clock=clock)
+    try:
+        yield GuildAdmin(store, Gatekeeper(settings, GuildStore(store), utcnow=clock))
+    finally:
+        await store.close()
+
+
+async def test_two_channels_allowed_at_once_are_both_allowed(world: World) -> None:
+    await asyncio.gather(
+        world.admin.allow_channel(GUILD, ADMIN, 5, True), world.admin.allow_channel(GUILD, 901, 6, True)
+    )
+    assert (await world.admin.policy(GUILD)).allowed_channels == frozenset({5, 6})
+    await asyncio.gather(
+        world.admin.allow_channel(GUILD, ADMIN, 7, True), world.admin.allow_channel(GUILD, 901, 5, False)
+    )
+    assert (await world.admin.policy(GUILD)).allowed_channels == frozenset({6, 7})
+    assert [action for _, action, _ in await world.audit_rows()] == ["settings"] * 4
+
+
+async def test_two_role_limits_set_at_once_are_both_kept(world: World) -> None:
+    await asyncio.gather(
+        world.admin.set_role_limit(GUILD, ADMIN, 777, daily=50, monthly=None),
+        world.admin.set_role_limit(GUILD, 901, 778, daily=1, monthly=5),
+    )
+    assert dict((await world.admin.policy(GUILD)).role_limits) == {777: RoleLimit(50, None), 778: RoleLimit(1, 5)}
+    await asyncio.gather(
+        world.admin.clear_role_limit(GUILD, ADMIN, 777),
+        world.admin.set_role_limit(GUILD, 901, 779, daily=2),  # monthly follows the guild's (unlimited)
+    )
+    assert dict((await world.admin.policy(GUILD)).role_limits) == {778: RoleLimit(1, 5), 779: RoleLimit(2, None)}
+
+
+async def test_changes_from_two_processes_at_once_are_all_kept(world: World, second_process: GuildAdmin) -> None:
+    admins = (world.admin, second_process)
+    channels, roles = range(100, 120), range(700, 720)
+    await asyncio.gather(
+        *(admins[c % 2].allow_channel(GUILD, ADMIN, c, True) for c in channels),
+        *(admins[r % 2].set_role_limit(GUILD, ADMIN, r, daily=r - 700, monthly=None) for r in roles),
+        world.admin.set_limits(GUILD, ADMIN, daily=10),
+        second_process.set_limits(GUILD, 901, cooldown_s=30),
+    )
+    for admin in admins:
+        policy = await admin.policy(GUILD)
+        assert policy.allowed_channels == frozenset(channels)
+        assert dict(policy.role_limits) == {r: RoleLimit(r - 700, None) for r in roles}
+        assert (policy.user_daily_limit, policy.cooldown_s) == (10, 30)
+    assert len(await world.audit_rows()) == 42

@@ -6,11 +6,23 @@ Every change is written together with its audit entry (who, what, when) in one t
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from bot.moderation import Rule, RuleKind
 from bot.storage.db import Store
+
+COLLECTIONS = ("allowed_channels", "role_limits")  # overrides kept in their own tables, one row per item
+
+Fetch = Callable[[str, Sequence[Any]], Awaitable[Iterable[Any]]]
+
+_UPSERT_ROLE_LIMIT = """
+    INSERT INTO guild_role_limits (guild_id, role_id, daily, monthly, daily_follows_guild, monthly_follows_guild)
+    VALUES (?, ?, ?, ?, ?, ?)
+    ON CONFLICT (guild_id, role_id) DO UPDATE SET daily = excluded.daily, monthly = excluded.monthly,
+        daily_follows_guild = excluded.daily_follows_guild, monthly_follows_guild = excluded.monthly_follows_guild
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,19 +48,29 @@ class GuildStore:
         self._store = store
 
     # -- settings ------------------------------------------------------------------------------
+    # The guild's overrides read as one dict (what `GuildPolicy.with_overrides` takes). Most keys
+    # are one JSON object (guild_settings.settings_json); the two collections admins change one
+    # item at a time live in their own tables, so each such change is ONE statement and two admins
+    # (or two processes) changing different items at once both land. Plain INSERT ... ON CONFLICT
+    # and DELETE: the same SQL runs on PostgreSQL.
     async def overrides(self, guild_id: int) -> dict[str, Any]:
-        row = await self._store.fetch_one("SELECT settings_json FROM guild_settings WHERE guild_id = ?", (guild_id,))
-        return json.loads(row["settings_json"]) if row else {}
+        return await _read_overrides(self._store.fetch_all, guild_id)
 
     async def update_overrides(
         self, guild_id: int, changes: dict[str, Any], *, actor: int, remove: tuple[str, ...] = ()
     ) -> dict[str, Any]:
-        """Merge `changes` into the guild's overrides (and drop `remove`), audited; returns the result."""
+        """Merge `changes` into the guild's overrides (and drop `remove`), audited; returns the result.
+
+        A collection ("allowed_channels", "role_limits") given here is replaced whole; to change
+        one item, use allow_channel / set_role_limit / clear_role_limit.
+        """
+        scalars = {k: v for k, v in changes.items() if k not in COLLECTIONS}
         async with self._store.transaction() as db:
+            # read and write inside BEGIN IMMEDIATE: no other writer (connection or process) interleaves
             cursor = await db.execute("SELECT settings_json FROM guild_settings WHERE guild_id = ?", (guild_id,))
             row = await cursor.fetchone()
             current = json.loads(row[0]) if row else {}
-            merged = {k: v for k, v in {**current, **changes}.items() if k not in remove}
+            merged = {k: v for k, v in {**current, **scalars}.items() if k not in remove and k not in COLLECTIONS}
             await db.execute(
                 """
                 INSERT INTO guild_settings (guild_id, settings_json, updated_at, updated_by)
@@ -58,8 +80,61 @@ class GuildStore:
                 """,
                 (guild_id, json.dumps(merged, sort_keys=True), self._store.now(), actor),
             )
+            if "allowed_channels" in changes or "allowed_channels" in remove:
+                await db.execute("DELETE FROM guild_allowed_channels WHERE guild_id = ?", (guild_id,))
+                await db.executemany(
+                    "INSERT INTO guild_allowed_channels (guild_id, channel_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    [(guild_id, int(c)) for c in changes.get("allowed_channels", [])],
+                )
+            if "role_limits" in changes or "role_limits" in remove:
+                await db.execute("DELETE FROM guild_role_limits WHERE guild_id = ?", (guild_id,))
+                for role_id, limit in changes.get("role_limits", {}).items():
+                    await db.execute(_UPSERT_ROLE_LIMIT, _role_limit_row(guild_id, int(role_id), limit))
             await self._audit(db, guild_id, actor, "settings", {"set": changes, "removed": list(remove)})
-        return merged
+            return await _read_overrides(db.execute_fetchall, guild_id)
+
+    async def allow_channel(self, guild_id: int, channel_id: int, allowed: bool, *, actor: int) -> list[int]:
+        """Add (or remove) one allowed channel, audited; returns the guild's allowed channels after it."""
+        async with self._store.transaction() as db:
+            if allowed:
+                await db.execute(
+                    "INSERT INTO guild_allowed_channels (guild_id, channel_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    (guild_id, channel_id),
+                )
+            else:
+                await db.execute(
+                    "DELETE FROM guild_allowed_channels WHERE guild_id = ? AND channel_id = ?", (guild_id, channel_id)
+                )
+            channels = await _allowed_channels(db.execute_fetchall, guild_id)
+            # the audit keeps its shape: the resulting list, as when the list was one JSON value
+            await self._audit(db, guild_id, actor, "settings", {"set": {"allowed_channels": channels}, "removed": []})
+        return channels
+
+    async def set_role_limit(
+        self, guild_id: int, role_id: int, limit: dict[str, int | None], *, actor: int
+    ) -> dict[str, dict[str, int | None]]:
+        """Set (replace) one role's limits, audited; a period missing from `limit` follows the guild's.
+
+        Returns the guild's role limits after it ({"<role>": {"daily": .., "monthly": ..}})."""
+        async with self._store.transaction() as db:
+            await db.execute(_UPSERT_ROLE_LIMIT, _role_limit_row(guild_id, role_id, limit))
+            roles = await _role_limits(db.execute_fetchall, guild_id)
+            await self._audit(db, guild_id, actor, "settings", {"set": {"role_limits": roles}, "removed": []})
+        return roles
+
+    async def clear_role_limit(
+        self, guild_id: int, role_id: int, *, actor: int
+    ) -> dict[str, dict[str, int | None]] | None:
+        """Drop one role's limits, audited; None (and nothing audited) if the role had none."""
+        async with self._store.transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM guild_role_limits WHERE guild_id = ? AND role_id = ?", (guild_id, role_id)
+            )
+            if not cursor.rowcount:
+                return None
+            roles = await _role_limits(db.execute_fetchall, guild_id)
+            await self._audit(db, guild_id, actor, "settings", {"set": {"role_limits": roles}, "removed": []})
+        return roles
 
     # -- blocks --------------------------------------------------------------------------------
     async def block(self, guild_id: int, user_id: int, *, reason: str, expires_at: str | None, actor: int) -> None:
@@ -154,3 +229,52 @@ class GuildStore:
                 self._store.now(),
             ),
         )
+
+
+# -- reading the overrides (through the reader, or the writer inside a transaction) ----------------------
+
+
+async def _read_overrides(fetch: Fetch, guild_id: int) -> dict[str, Any]:
+    rows = list(await fetch("SELECT settings_json FROM guild_settings WHERE guild_id = ?", (guild_id,)))
+    found: dict[str, Any] = json.loads(rows[0][0]) if rows else {}
+    found = {k: v for k, v in found.items() if k not in COLLECTIONS}
+    if channels := await _allowed_channels(fetch, guild_id):
+        found["allowed_channels"] = channels
+    if roles := await _role_limits(fetch, guild_id):
+        found["role_limits"] = roles
+    return found
+
+
+async def _allowed_channels(fetch: Fetch, guild_id: int) -> list[int]:
+    rows = await fetch(
+        "SELECT channel_id FROM guild_allowed_channels WHERE guild_id = ? ORDER BY channel_id", (guild_id,)
+    )
+    return [int(r[0]) for r in rows]
+
+
+async def _role_limits(fetch: Fetch, guild_id: int) -> dict[str, dict[str, int | None]]:
+    rows = await fetch(
+        "SELECT role_id, daily, monthly, daily_follows_guild, monthly_follows_guild FROM guild_role_limits"
+        " WHERE guild_id = ? ORDER BY role_id",
+        (guild_id,),
+    )
+    roles: dict[str, dict[str, int | None]] = {}
+    for role_id, daily, monthly, daily_follows, monthly_follows in rows:
+        limit: dict[str, int | None] = {}
+        if not daily_follows:
+            limit["daily"] = daily
+        if not monthly_follows:
+            limit["monthly"] = monthly
+        roles[str(role_id)] = limit
+    return roles
+
+
+def _role_limit_row(guild_id: int, role_id: int, limit: dict[str, int | None]) -> tuple[Any, ...]:
+    return (
+        guild_id,
+        role_id,
+        limit.get("daily"),
+        limit.get("monthly"),
+        "daily" not in limit,
+        "monthly" not in limit,
+    )

@@ -172,6 +172,52 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE jobs ADD COLUMN cache_hit INTEGER NOT NULL DEFAULT 0",
         ),
     ),
+    Migration(
+        6,
+        "allowed channels and role limits in their own tables: each admin change is one statement",
+        (
+            """
+            CREATE TABLE guild_allowed_channels (
+                guild_id   INTEGER NOT NULL,
+                channel_id INTEGER NOT NULL,
+                PRIMARY KEY (guild_id, channel_id)
+            )
+            """,
+            """
+            CREATE TABLE guild_role_limits (
+                guild_id INTEGER NOT NULL,
+                role_id  INTEGER NOT NULL,
+                -- images per day / month for members with the role; NULL = unlimited
+                daily    INTEGER CHECK (daily >= 0),
+                monthly  INTEGER CHECK (monthly >= 0),
+                -- 1: the role does not set that period, the guild's own limit applies (the column is unused)
+                daily_follows_guild   INTEGER NOT NULL DEFAULT 0 CHECK (daily_follows_guild IN (0, 1)),
+                monthly_follows_guild INTEGER NOT NULL DEFAULT 0 CHECK (monthly_follows_guild IN (0, 1)),
+                PRIMARY KEY (guild_id, role_id)
+            )
+            """,
+            # move what guild_settings.settings_json held (a list of ids; a map role -> {daily, monthly})
+            """
+            INSERT OR IGNORE INTO guild_allowed_channels (guild_id, channel_id)
+            SELECT s.guild_id, CAST(c.value AS INTEGER)
+            FROM guild_settings AS s, json_each(s.settings_json, '$.allowed_channels') AS c
+            WHERE json_type(s.settings_json, '$.allowed_channels') = 'array'
+            """,
+            """
+            INSERT OR IGNORE INTO guild_role_limits
+                (guild_id, role_id, daily, monthly, daily_follows_guild, monthly_follows_guild)
+            SELECT s.guild_id, CAST(r.key AS INTEGER),
+                   json_extract(r.value, '$.daily'), json_extract(r.value, '$.monthly'),
+                   json_type(r.value, '$.daily') IS NULL, json_type(r.value, '$.monthly') IS NULL
+            FROM guild_settings AS s, json_each(s.settings_json, '$.role_limits') AS r
+            WHERE json_type(s.settings_json, '$.role_limits') = 'object'
+            """,
+            """
+            UPDATE guild_settings
+            SET settings_json = json_remove(settings_json, '$.allowed_channels', '$.role_limits')
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION = max(m.version for m in MIGRATIONS)
