@@ -1,11 +1,11 @@
 """Fetching the generated image: a security boundary, because the URL comes from a third party.
 
-Rules: https only (plain http only for the configured gateway's own host, which is what local
-tests use); the host must be in IMAGE_HOST_ALLOWLIST or be the gateway's; redirects are
-followed by hand and each hop is checked again; the body is streamed under IMAGE_MAX_BYTES
-(checked on Content-Length and on bytes read); the content type and the magic bytes must both
-say PNG, JPEG or WebP; the whole fetch has a deadline. Inline `b64_json` images pass the same
-size and type checks.
+Rules: https only (plain http only when the configured gateway URL is itself http, and then only
+to its own host and port: that is the loopback fake of local tests); the host must be in
+IMAGE_HOST_ALLOWLIST or be the gateway's; redirects are followed by hand and each hop is checked
+again; the body is streamed under IMAGE_MAX_BYTES (checked on Content-Length and on bytes read);
+the content type and the magic bytes must both say PNG, JPEG or WebP; the whole fetch has a
+deadline. Inline `b64_json` images pass the same size and type checks.
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ class ImageFetcher:
         self._patterns = tuple(p.strip().lower() for p in allowlist if p.strip())
         gateway = urlsplit(gateway_url)
         self._gateway_host = (gateway.hostname or "").lower()
-        self._gateway_port = gateway.port
+        # Where plain http may go: only to an http gateway's own host and port. An https gateway
+        # (production) gets no http exception at all.
+        self._http_origin = (self._gateway_host, gateway.port or 80) if gateway.scheme == "http" else None
         self._max_bytes = max_bytes
         self._deadline_s = deadline_s
         self._max_redirects = max_redirects
@@ -110,7 +112,7 @@ class ImageFetcher:
         return self._checked(data, declared=None, request_id=request_id)
 
     def check_url(self, url: str, *, request_id: str | None = None) -> None:
-        """Refuse anything but https to an allowed host (or http to the gateway itself)."""
+        """Refuse anything but https to an allowed host (or http to the gateway itself, if it is http)."""
         try:
             parts = urlsplit(url)
             port = parts.port
@@ -119,8 +121,7 @@ class ImageFetcher:
         host = (parts.hostname or "").lower()
         if parts.username or parts.password:
             raise ForbiddenImageSource("the image URL carries credentials", request_id=request_id)
-        is_gateway = host == self._gateway_host and port == self._gateway_port
-        if parts.scheme == "http" and is_gateway:
+        if parts.scheme == "http" and self._http_origin == (host, port or 80):
             return
         if parts.scheme != "https":
             raise ForbiddenImageSource(

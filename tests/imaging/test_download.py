@@ -95,6 +95,30 @@ async def test_plain_http_to_another_port_of_the_gateway_host_is_refused(http, f
         await make_fetcher(http, fake_api).fetch(f"http://127.0.0.1:{fake_api._server.port + 1}/files/x.png")
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://llm.ai-nebula.com/files/x.png",
+        "http://llm.ai-nebula.com:443/files/x.png",
+        "http://llm.ai-nebula.com:80/files/x.png",
+    ],
+)
+def test_plain_http_to_an_https_gateway_is_refused(http, url: str) -> None:
+    """Plain http is for a gateway that is itself http (the loopback fake), never for the real one."""
+    fetcher = ImageFetcher(http, allowlist=[], gateway_url="https://llm.ai-nebula.com/v1", max_bytes=1024)
+    fetcher.check_url("https://llm.ai-nebula.com/files/x.png")  # https to the gateway's host: fine
+    with pytest.raises(ForbiddenImageSource, match="only https"):
+        fetcher.check_url(url)
+
+
+def test_plain_http_is_allowed_to_an_http_gateway_only(http) -> None:
+    fetcher = ImageFetcher(http, allowlist=["*.aliyuncs.com"], gateway_url="http://127.0.0.1:8080/v1", max_bytes=1024)
+    fetcher.check_url("http://127.0.0.1:8080/files/x.png")
+    for url in ("http://127.0.0.1/files/x.png", "http://127.0.0.1:8081/files/x.png", "http://localhost:8080/x.png"):
+        with pytest.raises(ForbiddenImageSource):
+            fetcher.check_url(url)
+
+
 async def test_redirect_to_a_forbidden_host_is_refused(http, fake_api: FakeImageApi) -> None:
     url = await generated_url(http, fake_api, image="redirect", redirect_to="https://evil.example.com/x.png")
     with pytest.raises(ForbiddenImageSource, match="evil.example.com"):
