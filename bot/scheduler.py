@@ -13,6 +13,13 @@ upstream's doing, not the job's turn.
 
 Admission (``reserve``) is synchronous: no await between the checks and the reservation, so
 two interactions arriving together cannot both take the last slot.
+
+The dispatch loop runs under a supervisor: if it ever raises (a bug in the limiter, the runner
+factory, ...), the failure is logged with its traceback, a job it had taken goes back to the
+head of the queue, an unused permit is given back, and the loop restarts after a short backoff
+(doubling, bounded). After ``unhealthy_after`` failures in a row without a dispatch in between,
+``healthy`` turns False (and a CRITICAL line says so) while the restarts go on; the next
+successful dispatch makes it True again.
 """
 
 from __future__ import annotations
@@ -82,6 +89,9 @@ class Scheduler:
         *,
         clock: Clock | None = None,
         on_change: Callable[[], None] | None = None,
+        restart_delay_s: float = 0.1,
+        max_restart_delay_s: float = 5.0,
+        unhealthy_after: int = 5,
     ) -> None:
         self._limiter = limiter
         self._runner = runner
@@ -95,6 +105,11 @@ class Scheduler:
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._restart_delay_s = restart_delay_s
+        self._max_restart_delay_s = max_restart_delay_s
+        self._unhealthy_after = max(1, unhealthy_after)
+        self._failures = 0  # dispatch-loop failures since the last successful dispatch
+        self._last_error: BaseException | None = None
 
     # -- admission -------------------------------------------------------------------------
 
@@ -194,11 +209,21 @@ class Scheduler:
         """Seconds until the job at this position is dispatched, from the limiter's throughput."""
         return self._limiter.delay_until_ready() + max(0, global_position - 1) * self._seconds_per_start()
 
+    @property
+    def healthy(self) -> bool:
+        """False while the dispatch loop keeps failing (``unhealthy_after`` times in a row)."""
+        return self._failures < self._unhealthy_after
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """The dispatch loop's most recent failure, if any (kept after recovery, for diagnosis)."""
+        return self._last_error
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
         if self._task is None and not self._stopping:
-            self._task = asyncio.get_running_loop().create_task(self._dispatch_loop(), name="dispatch")
+            self._task = asyncio.get_running_loop().create_task(self._supervise(), name="dispatch")
 
     async def stop(self, grace_s: float) -> list[QueueItem]:
         """Stop dispatching; give running jobs ``grace_s`` to end, cancel the rest.
@@ -222,23 +247,74 @@ class Scheduler:
 
     # -- internals -------------------------------------------------------------------------
 
+    async def _supervise(self) -> None:
+        """Run the dispatch loop for good: log each failure, restart it after a bounded backoff."""
+        while True:
+            try:
+                await self._dispatch_loop()
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if self._stopping or (task is not None and task.cancelling()):
+                    raise  # stop(): not a failure
+                delay = self._loop_failed(exc)  # a stray CancelledError nobody asked for
+            except Exception as exc:
+                delay = self._loop_failed(exc)
+            await self._clock.sleep(delay)
+
+    def _loop_failed(self, exc: BaseException) -> float:
+        """Count and log a failure of the dispatch loop; return the delay before the restart."""
+        self._failures += 1
+        self._last_error = exc
+        delay = min(self._restart_delay_s * 2 ** min(self._failures - 1, 30), self._max_restart_delay_s)
+        log.error("dispatch loop failed (%d in a row); restarting it in %.1f s", self._failures, delay, exc_info=exc)
+        if self._failures == self._unhealthy_after:
+            log.critical(
+                "scheduler unhealthy: the dispatch loop failed %d times in a row without dispatching a job;"
+                " no job will start until it recovers (still retrying)",
+                self._failures,
+            )
+        return delay
+
+    def _dispatched(self) -> None:
+        if self._failures:
+            level = logging.INFO if self.healthy else logging.WARNING
+            log.log(level, "dispatch loop recovered after %d failure(s)", self._failures)
+            self._failures = 0
+
     async def _dispatch_loop(self) -> None:
         while True:
             while not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             permit = await self._limiter.acquire()
-            item = self._queue.pop()
-            if item is None:  # the job was removed while we waited for the upstream
+            item: QueueItem | None = None
+            try:
+                item = self._queue.pop()
+                if item is None:  # the job was removed while we waited for the upstream
+                    permit.release(used=False)
+                    continue
+                self._launch(item, permit)
+            except BaseException:
+                # Not launched: give the permit back unused, and the job keeps its turn.
                 permit.release(used=False)
-                continue
-            self._launch(item, permit)
+                if item is not None and item.job_id not in self._queue and item.job_id not in self._running:
+                    self._push(item, front=True)
+                raise
+            self._dispatched()
             self._changed()
 
     def _launch(self, item: QueueItem, permit: Permit) -> None:
+        """Start the job's task; whatever can fail happens before the task exists."""
+        started_at = self._clock.now()
         gate = self._limiter.gate(first_permit=permit)
-        task = asyncio.get_running_loop().create_task(self._runner(item, gate), name=f"job-{item.job_id}")
-        self._running[item.job_id] = _Running(item, gate, task, self._clock.now())
+        run = self._runner(item, gate)
+        try:
+            task = asyncio.get_running_loop().create_task(run, name=f"job-{item.job_id}")
+        except BaseException:
+            if asyncio.iscoroutine(run):
+                run.close()
+            raise
+        self._running[item.job_id] = _Running(item, gate, task, started_at)
         self._idle.clear()
         # A done-callback (not a wrapper coroutine) also runs for a task cancelled before it started.
         task.add_done_callback(lambda t: self._finished(item.job_id, t))

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 import pytest
 
 from bot.imaging.errors import RateLimited
-from bot.limiter import Gate, UpstreamLimiter
+from bot.limiter import Gate, Permit, UpstreamLimiter
 from bot.scheduler import QueueItem, QueuePosition, QueueRefusal, Scheduler
 from tests.clocks import FakeClock
 
@@ -20,9 +21,16 @@ from tests.clocks import FakeClock
 class Harness:
     """A scheduler whose runner holds its permit for ``hold`` fake seconds per job."""
 
-    def __init__(self, concurrency: int = 1, rpm: int = 6000, hold: float = 1.0, **limiter_kw) -> None:
+    def __init__(
+        self,
+        concurrency: int = 1,
+        rpm: int = 6000,
+        hold: float = 1.0,
+        limiter_cls: type[UpstreamLimiter] = UpstreamLimiter,
+        **limiter_kw,
+    ) -> None:
         self.clock = FakeClock()
-        self.limiter = UpstreamLimiter(concurrency, rpm, self.clock, **limiter_kw)
+        self.limiter = limiter_cls(concurrency, rpm, self.clock, **limiter_kw)
         self.hold = hold
         self.started: list[QueueItem] = []
         self.finished: list[int] = []
@@ -289,3 +297,126 @@ async def test_removed_job_does_not_spend_a_window_slot():
     await h.clock.settle()
     assert h.order() == [running.job_id]
     assert h.limiter.starts_in_last_minute() == 1 and h.limiter.in_flight == 0
+
+
+# -- the dispatch loop must never die silently ---------------------------------------------------
+
+
+class FlakyLimiter(UpstreamLimiter):
+    """``acquire`` fails (a bug, not a limit) on its first ``failures`` calls; ``math.inf``: always."""
+
+    failures: float = 0
+    error: type[BaseException] = RuntimeError
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed_at: list[float] = []
+
+    async def acquire(self) -> Permit:
+        if len(self.failed_at) < self.failures:
+            self.failed_at.append(self.clock.now())
+            raise self.error(f"limiter bug #{len(self.failed_at)}")
+        return await super().acquire()
+
+
+def loop_failures(caplog: pytest.LogCaptureFixture) -> list[type[BaseException]]:
+    """The exception types of the dispatch-loop failures logged (with traceback) at ERROR."""
+    return [
+        r.exc_info[0]
+        for r in caplog.records
+        if r.name == "imagine.scheduler" and r.levelno == logging.ERROR and r.exc_info and "dispatch" in r.message
+    ]
+
+
+async def test_dispatch_loop_restarts_after_an_unexpected_error(caplog):
+    h = Harness(limiter_cls=FlakyLimiter)
+    h.limiter.failures = 1
+    job = h.add("A", "a")
+    with caplog.at_level(logging.INFO, logger="imagine.scheduler"):
+        h.scheduler.start()
+        await h.clock.advance(10.0)  # far more than the first restart delay
+    assert (h.order(), loop_failures(caplog)) == ([job.job_id], [RuntimeError])
+    assert h.scheduler.healthy and isinstance(h.scheduler.last_error, RuntimeError)
+    await h.run_all(1)
+
+
+async def test_a_job_popped_when_the_loop_failed_keeps_its_turn_and_the_permit_is_released(caplog):
+    h = Harness()
+    calls = 0
+
+    def runner(item: QueueItem, gate: Gate) -> Awaitable[None]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # fails after the permit was granted and the job taken from the queue
+            raise RuntimeError("runner bug")
+        return h.run(item, gate)
+
+    h.scheduler = Scheduler(h.limiter, runner, clock=h.clock)
+    a1, a2, b = h.add("A", "a1"), h.add("A", "a2"), h.add("B", "b")
+    with caplog.at_level(logging.ERROR, logger="imagine.scheduler"):
+        h.scheduler.start()
+        await h.clock.settle()
+        assert (h.scheduler.waiting(), h.limiter.in_flight) == ([a1, b, a2], 0)
+        assert h.limiter.starts_in_last_minute() == 0  # released unused: no window slot spent
+        await h.run_all(3)
+    assert h.order() == [a1.job_id, b.job_id, a2.job_id]
+    assert loop_failures(caplog) == [RuntimeError]
+    assert h.limiter.starts_in_last_minute() == 3
+
+
+async def test_a_loop_that_keeps_failing_makes_the_scheduler_unhealthy_and_keeps_retrying(caplog):
+    h = Harness(limiter_cls=FlakyLimiter)
+    h.limiter.failures = math.inf
+    h.scheduler = Scheduler(
+        h.limiter, h.run, clock=h.clock, restart_delay_s=0.1, max_restart_delay_s=2.0, unhealthy_after=3
+    )
+    job = h.add("A", "a")
+    with caplog.at_level(logging.INFO, logger="imagine.scheduler"):
+        h.scheduler.start()
+        await h.clock.settle()
+        assert h.scheduler.healthy  # one failure is not yet a verdict
+        await h.clock.advance(20.0)
+    failed_at = h.limiter.failed_at
+    gaps = [round(b - a, 6) for a, b in zip(failed_at, failed_at[1:], strict=False)]
+    assert gaps[:6] == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0] and set(gaps[5:]) == {2.0}  # doubling, bounded
+    assert loop_failures(caplog) == [RuntimeError] * len(failed_at)  # every failure logged
+    assert not h.scheduler.healthy and str(h.scheduler.last_error) == f"limiter bug #{len(failed_at)}"
+    assert [r.levelno for r in caplog.records if "unhealthy" in r.message] == [logging.CRITICAL]  # once
+    # stop() still returns at once, from the middle of a restart delay
+    t0 = h.clock.now()
+    stopping = asyncio.create_task(h.scheduler.stop(grace_s=30.0))
+    await h.clock.settle()
+    assert stopping.done() and stopping.result() == [job] and h.clock.now() == t0
+    assert h.order() == []
+
+
+async def test_a_successful_dispatch_makes_the_scheduler_healthy_again(caplog):
+    h = Harness(limiter_cls=FlakyLimiter)
+    h.limiter.failures = 4
+    h.scheduler = Scheduler(h.limiter, h.run, clock=h.clock, unhealthy_after=3)
+    h.add("A", "a")
+    with caplog.at_level(logging.INFO, logger="imagine.scheduler"):
+        h.scheduler.start()
+        await h.clock.run_until(lambda: not h.scheduler.healthy)
+        assert len(h.limiter.failed_at) == 3 and h.order() == []
+        await h.clock.run_until(lambda: len(h.started) == 1)
+    assert h.scheduler.healthy and len(h.limiter.failed_at) == 4
+    assert "recovered" in caplog.text
+    # the count starts again from zero: three more failures to become unhealthy again
+    h.limiter.failures, h.limiter.failed_at = 2, []
+    h.add("A", "a")
+    await h.run_all(2)
+    assert h.scheduler.healthy
+
+
+async def test_a_stray_cancelled_error_is_a_failure_but_stop_is_not(caplog):
+    h = Harness(limiter_cls=FlakyLimiter)
+    h.limiter.failures, h.limiter.error = 1, asyncio.CancelledError  # nobody asked the loop to stop
+    job = h.add("A", "a")
+    with caplog.at_level(logging.ERROR, logger="imagine.scheduler"):
+        h.scheduler.start()
+        await h.run_all(1)
+        assert h.order() == [job.job_id]
+        assert loop_failures(caplog) == [asyncio.CancelledError]
+        await h.scheduler.stop(grace_s=1.0)  # waiting for work: stops without a failure
+    assert loop_failures(caplog) == [asyncio.CancelledError]
