@@ -18,6 +18,7 @@ from bot.errors import InvalidInput
 from bot.gatekeeper import Gatekeeper
 from bot.limits import GuildPolicy, periods, validate_timezone
 from bot.moderation import Rule, RuleKind, compile_rule
+from bot.money import cny_to_fen, format_cny
 from bot.storage.db import Store, iso
 from bot.storage.guilds import Block
 from bot.storage.reports import LEDGER_COLUMNS, GuildReport, guild_ledger, guild_report
@@ -37,9 +38,13 @@ def parse_cny(value: str) -> int | None:
         raise InvalidInput(f"'{value}' is not an amount in CNY (e.g. 10 or 12.50, or 'none').") from None
     if not amount.is_finite():
         raise InvalidInput(f"'{value}' is not an amount in CNY (e.g. 10 or 12.50, or 'none').")
-    if amount < 0 or amount != amount.quantize(Decimal("0.01")):
+    try:
+        fen = cny_to_fen(amount)  # the one money rule: whole fen only, never rounded
+    except ValueError:  # finer than a fen (or past what a 64-bit fen count holds)
+        fen = None
+    if fen is None or fen < 0:
         raise InvalidInput(f"'{value}' must be zero or more, with at most two decimals.")
-    return int(amount * 100)
+    return fen
 
 
 def parse_count(value: str) -> int | None:
@@ -57,7 +62,7 @@ def _limit_text(value: int | None, unit: str = "image(s)") -> str:
 
 
 def _fen_text(value: int | None) -> str:
-    return "unlimited" if value is None else f"¥{value / 100:.2f}"
+    return "unlimited" if value is None else format_cny(value)
 
 
 class GuildAdmin:

@@ -7,7 +7,7 @@ stops the program with one line naming the variable and what to do (`ConfigError
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import ConfigError
+from bot.money import cny_to_fen
 
 SPEC_SIZES = ("1328*1328", "1664*928", "928*1664", "1472*1140", "1140*1472")
 
@@ -65,7 +66,8 @@ class Settings(BaseSettings):
     negative_prompt_max_chars: int = Field(500, ge=0, le=10_000)
     image_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     image_host_allowlist: CommaList = ("*.aliyuncs.com",)
-    price_per_image_cny: Decimal = Field(Decimal("0.18"), ge=0, max_digits=10, decimal_places=2)
+    #: whole fen only (at most two decimals): see bot/money.py
+    price_per_image_cny: Decimal = Field(Decimal("0.18"), ge=0, max_digits=10)
     image_sizes: CommaList = SPEC_SIZES
     cache_dir: Path = Path("data/cache")
     #: delivered images are reused for identical requests this long, within this much disk
@@ -83,8 +85,8 @@ class Settings(BaseSettings):
     user_monthly_limit: int | None = Field(None, ge=0)
     cooldown_seconds: int = Field(0, ge=0, le=86_400)
     #: money per guild per day / month, in CNY; "none" or empty = unlimited
-    guild_daily_budget_cny: Decimal | None = Field(Decimal("10"), ge=0, decimal_places=2)
-    guild_monthly_budget_cny: Decimal | None = Field(Decimal("100"), ge=0, decimal_places=2)
+    guild_daily_budget_cny: Decimal | None = Field(Decimal("10"), ge=0)
+    guild_monthly_budget_cny: Decimal | None = Field(Decimal("100"), ge=0)
     #: days and months roll over at midnight here, unless a guild sets its own
     default_timezone: str = "UTC"
 
@@ -102,6 +104,13 @@ class Settings(BaseSettings):
         if isinstance(value, str) and value.strip().lower() in ("", "none", "unlimited"):
             return None
         return value
+
+    @field_validator("price_per_image_cny", "guild_daily_budget_cny", "guild_monthly_budget_cny")
+    @classmethod
+    def _whole_fen(cls, amount: Decimal | None) -> Decimal | None:
+        if amount is not None:
+            cny_to_fen(amount)  # the one money rule: ValueError for a sub-fen amount (0.185, 0.005)
+        return amount
 
     @field_validator("default_timezone")
     @classmethod
@@ -148,10 +157,18 @@ class Settings(BaseSettings):
         return url
 
     # -- derived values -------------------------------------------------------------------------
+    # Money is integer fen (0.18 CNY = 18) everywhere below the settings (bot/money.py).
     @property
     def price_per_image_fen(self) -> int:
-        """Money is integer fen (0.18 CNY = 18) everywhere below the settings."""
-        return int((self.price_per_image_cny * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        return cny_to_fen(self.price_per_image_cny)
+
+    @property
+    def guild_daily_budget_fen(self) -> int | None:
+        return None if self.guild_daily_budget_cny is None else cny_to_fen(self.guild_daily_budget_cny)
+
+    @property
+    def guild_monthly_budget_fen(self) -> int | None:
+        return None if self.guild_monthly_budget_cny is None else cny_to_fen(self.guild_monthly_budget_cny)
 
     @property
     def database_path(self) -> Path:

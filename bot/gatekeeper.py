@@ -13,7 +13,6 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import TypeVar
 
 from bot.config import Settings
@@ -50,14 +49,10 @@ def default_policy(settings: Settings) -> GuildPolicy:
         user_daily_limit=settings.user_daily_limit,
         user_monthly_limit=settings.user_monthly_limit,
         cooldown_s=settings.cooldown_seconds,
-        daily_budget_fen=_fen(settings.guild_daily_budget_cny),
-        monthly_budget_fen=_fen(settings.guild_monthly_budget_cny),
+        daily_budget_fen=settings.guild_daily_budget_fen,
+        monthly_budget_fen=settings.guild_monthly_budget_fen,
         timezone=settings.default_timezone,
     )
-
-
-def _fen(cny: Decimal | None) -> int | None:
-    return None if cny is None else int(cny * 100)
 
 
 class Gatekeeper:

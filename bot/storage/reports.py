@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bot.money import fen_to_cny  # CSV cells: "0.18" (also imported from here by older callers)
 from bot.storage.db import Store
 
 
@@ -55,10 +56,6 @@ async def usage_summary(store: Store, *, since: str | None = None, guild_id: int
         by_day=await rows("substr(queued_at, 1, 10)"),
         by_requester=await rows("requester"),
     )
-
-
-def fen_to_cny(fen: int) -> str:
-    return f"{fen // 100}.{fen % 100:02d}"
 
 
 # -- per-guild reports for admins -------------------------------------------------------------------

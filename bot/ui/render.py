@@ -11,10 +11,10 @@ from datetime import datetime
 import discord
 
 from bot import messages
+from bot.money import format_cny
 from bot.presets import STYLES, size_label
 from bot.scheduler import QueuePosition
 from bot.storage.jobs import Job
-from bot.storage.reports import fen_to_cny
 
 #: Every message that echoes user text pings nobody ("@everyone" in a prompt stays text).
 NO_PINGS = discord.AllowedMentions.none()
@@ -81,7 +81,7 @@ def result_embed(job: Job, filename: str, now: datetime) -> discord.Embed:
         embed.add_field(name="Revised prompt", value=job.revised_prompt[:1024], inline=False)
     embed.add_field(name="Size", value=size_label(job.size))
     embed.add_field(name="Style", value=STYLES[job.style].label if job.style in STYLES else (job.style or "—"))
-    embed.add_field(name="Cost", value=f"¥{fen_to_cny(job.upstream_fen)}")
+    embed.add_field(name="Cost", value=format_cny(job.upstream_fen))
     took = _seconds_between(job.queued_at, now)
     if took is not None:
         embed.add_field(name="Time", value=f"{took:.1f} s")
@@ -112,7 +112,7 @@ def details_embed(job: Job) -> discord.Embed:
     embed.add_field(name="Watermark", value="on" if job.watermark else "off")
     embed.add_field(name="Model", value=job.model)
     embed.add_field(name="State", value=job.state)
-    embed.add_field(name="Cost", value=f"¥{fen_to_cny(job.cost_fen)}")
+    embed.add_field(name="Cost", value=format_cny(job.cost_fen))
     embed.add_field(name="Request id", value=f"`{job.request_id}`" if job.request_id else "—", inline=False)
     if job.reroll_of:
         embed.add_field(name="Reroll of", value=f"job {job.reroll_of}")

@@ -7,8 +7,9 @@ import discord
 from bot.gatekeeper import Usage
 from bot.limits import GuildPolicy, discord_time
 from bot.moderation import Rule
+from bot.money import format_cny
 from bot.storage.guilds import Block
-from bot.storage.reports import GuildReport, fen_to_cny
+from bot.storage.reports import GuildReport
 from bot.ui.render import COLOUR
 
 
@@ -17,13 +18,13 @@ def _count(used: int, limit: int | None) -> str:
 
 
 def _money(fen: int | None) -> str:
-    return "unlimited" if fen is None else f"¥{fen_to_cny(fen)}"
+    return "unlimited" if fen is None else format_cny(fen)
 
 
 def _money_left(used: int, budget: int | None) -> str:
     if budget is None:
-        return f"¥{fen_to_cny(used)} spent, no cap"
-    return f"¥{fen_to_cny(max(0, budget - used))} left of ¥{fen_to_cny(budget)}"
+        return f"{format_cny(used)} spent, no cap"
+    return f"{format_cny(max(0, budget - used))} left of {format_cny(budget)}"
 
 
 def usage_embed(usage: Usage) -> discord.Embed:
@@ -77,11 +78,11 @@ def blocks_embed(blocks: list[Block]) -> discord.Embed:
 def report_embed(report: GuildReport, days: int) -> discord.Embed:
     embed = discord.Embed(title=f"Report: the last {days} day(s)", colour=COLOUR)
     embed.add_field(name="Images", value=str(report.images))
-    embed.add_field(name="Spent", value=f"¥{fen_to_cny(report.cost_fen)}")
-    embed.add_field(name="Billed upstream", value=f"¥{fen_to_cny(report.upstream_fen)}")
+    embed.add_field(name="Spent", value=format_cny(report.cost_fen))
+    embed.add_field(name="Billed upstream", value=format_cny(report.upstream_fen))
     embed.add_field(name="Failures", value=str(report.failures))
     top = [
-        f"<@{u.user_id}>: {u.images} image(s), ¥{fen_to_cny(u.cost_fen)}"
+        f"<@{u.user_id}>: {u.images} image(s), {format_cny(u.cost_fen)}"
         + (f", {u.failures} failed" if u.failures else "")
         + (f", {u.content_refusals} refused by the provider" if u.content_refusals else "")
         for u in report.top_users
