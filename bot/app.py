@@ -22,7 +22,7 @@ from bot.requests import RequestBuilder
 from bot.service import GenerationService
 from bot.storage.db import utc_now
 from bot.tree import ImagineTree
-from bot.ui.delivery import DiscordDelivery
+from bot.ui.delivery import DiscordDelivery, ViewFactory
 
 log = logging.getLogger("imagine.app")
 
@@ -66,6 +66,7 @@ class ImagineBot(commands.Bot):
         self._serve = serve  # False: only load the commands (for `imagine-bot sync`)
         self._closing = False
         self._wall_clock = wall_clock  # injectable: tests move midnight
+        self._result_view: ViewFactory | None = None  # registered by the Results cog
 
     @property
     def service(self) -> GenerationService:
@@ -73,16 +74,31 @@ class ImagineBot(commands.Bot):
             raise RuntimeError("the bot is not set up yet")
         return self.pipeline.service
 
-    async def setup_hook(self) -> None:
-        from cogs.results import result_view
+    def register_result_view(self, factory: ViewFactory | None) -> None:
+        """The Results cog hands over the buttons to put under a delivered image (None on unload).
 
+        Handed over, not imported: cogs import the bot (for its type), so the bot importing a cog
+        would make an import cycle. Dependencies run one way, cogs -> bot; the bot knows its cogs
+        only by their extension names.
+        """
+        self._result_view = factory
+
+    def result_view(self, job_id: int) -> discord.ui.View:
+        """The buttons for a delivered job (no buttons if the Results cog has been unloaded)."""
+        if self._result_view is None:
+            return discord.ui.View(timeout=None)
+        return self._result_view(job_id)
+
+    async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         if not self._serve:
             return
+        if self._result_view is None:
+            raise RuntimeError("no result buttons: the cogs.results extension registers them when it loads")
         self.pipeline = await Pipeline.open(
             self.settings,
-            DiscordDelivery(self, result_view, utcnow=self._wall_clock),
+            DiscordDelivery(self, self.result_view, utcnow=self._wall_clock),
             wall_clock=self._wall_clock,
         )
         await self.sync_commands()

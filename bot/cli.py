@@ -1,7 +1,8 @@
 """`imagine-bot` (and `python -m bot`): run the bot, generate from the terminal, read the ledger.
 
 Exit codes of `generate`: 0 ok, 2 invalid input (nothing sent), 3 refused by the provider
-(400/401/403/content), 4 failed after retries (429/5xx/network/malformed), 1 anything else.
+(400/401/403/content), 4 failed after retries (429/5xx/network/malformed), 1 anything else
+(decided in `bot.cli_outcome`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bot import __version__, messages
+from bot import __version__
 from bot.config import Settings, load_settings
-from bot.errors import ConfigError, ImagineError
+from bot.errors import ConfigError
 from bot.logsetup import configure_logging
 from bot.presets import SIZES, STYLES
 from bot.storage.reports import UsageRow, fen_to_cny
@@ -214,21 +215,3 @@ def _table(title: str, rows: list[UsageRow]) -> str:
             f"{fen_to_cny(row.upstream_fen):>12}"
         )
     return "\n".join(lines) + "\n"
-
-
-def describe_failure(error: BaseException) -> str:
-    """One line a person understands, plus what the operator can quote to support."""
-    line = messages.describe(error)
-    detail = getattr(error, "message", None)
-    request_id = getattr(error, "request_id", None)
-    extras = [f"{type(error).__name__}: {detail}" if detail and detail not in line else type(error).__name__]
-    if request_id:
-        extras.append(f"request id {request_id}")
-    hint = messages.operator_hint(error)
-    if hint:
-        extras.append(hint)
-    return f"{line} ({'; '.join(extras)})"
-
-
-def exit_code_for(error: BaseException) -> int:
-    return error.exit_code if isinstance(error, ImagineError) else 1

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from bot.cli import describe_failure, exit_code_for
+from bot.cli_outcome import describe_failure, exit_code_for
 from bot.config import Settings
 from bot.contracts import Requester
 from bot.errors import ImagineError

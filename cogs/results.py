@@ -104,13 +104,21 @@ def result_view(job_id: int) -> discord.ui.View:
 
 
 class Results(commands.Cog):
+    """Registers the buttons twice: as dynamic items (so a click on any result message is handled,
+    even one posted before a restart) and as the bot's result view (what the delivery puts under a
+    new image). The bot is handed `result_view` here rather than importing it, because this module
+    imports the bot: `bot.app` never imports a cog, so there is no import cycle between them.
+    """
+
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(*BUTTONS)
+        self.bot.register_result_view(result_view)
 
     async def cog_unload(self) -> None:
+        self.bot.register_result_view(None)
         self.bot.remove_dynamic_items(*BUTTONS)
 
 
