@@ -23,15 +23,19 @@ class ImageStore:
         return self.root / sha256[:2] / sha256
 
     async def put(self, data: bytes) -> str:
-        sha256 = hashlib.sha256(data).hexdigest()
-        await asyncio.to_thread(self._write, self.path_for(sha256), data)
-        return sha256
+        """Store the bytes; returns their SHA-256 (hashing 10 MiB is CPU work: done in the thread too)."""
+        return await asyncio.to_thread(self._put, data)
 
     async def get(self, sha256: str) -> bytes | None:
         return await asyncio.to_thread(self._read, self.path_for(sha256), sha256)
 
     async def delete(self, sha256: str) -> None:
         await asyncio.to_thread(self.path_for(sha256).unlink, missing_ok=True)
+
+    def _put(self, data: bytes) -> str:
+        sha256 = hashlib.sha256(data).hexdigest()
+        self._write(self.path_for(sha256), data)
+        return sha256
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
