@@ -19,8 +19,9 @@ from bot import __version__
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
 from bot.logsetup import configure_logging
+from bot.money import fen_to_cny, format_cny
 from bot.presets import SIZES, STYLES
-from bot.storage.reports import UsageRow, fen_to_cny
+from bot.storage.reports import UsageRow
 
 log = logging.getLogger("imagine.cli")
 
@@ -157,8 +158,8 @@ async def _cache(settings: Settings, args: argparse.Namespace) -> int:
     print(f"entries: {stats.entries}")
     print(f"size:    {stats.bytes / 1024 / 1024:.1f} MiB of {settings.cache_max_mb} MiB")
     print(f"ttl:     {settings.cache_ttl_hours:g} h (oldest {stats.oldest or '-'}, newest {stats.newest or '-'})")
-    saved = fen_to_cny(stats.hits * settings.price_per_image_fen)
-    print(f"hits:    {stats.hits} image(s) delivered from the cache, ¥{saved} saved")
+    saved = format_cny(stats.hits * settings.price_per_image_fen)
+    print(f"hits:    {stats.hits} image(s) delivered from the cache, {saved} saved")
     return 0
 
 
@@ -179,7 +180,7 @@ async def _limits(settings: Settings, args: argparse.Namespace) -> int:
         return "unlimited" if value is None else str(value)
 
     def cny(fen: int | None) -> str:
-        return "unlimited" if fen is None else f"¥{fen_to_cny(fen)}"
+        return "unlimited" if fen is None else format_cny(fen)
 
     lines = [
         f"guild {args.guild}",
