@@ -33,6 +33,12 @@ class Background:
 
         self.spawn(guarded())
 
+    async def settle(self, timeout_s: float) -> None:
+        """Wait (without cancelling) until every task spawned so far, and any they spawn, has ended."""
+        async with asyncio.timeout(timeout_s):
+            while pending := [task for task in self.tasks if not task.done()]:
+                await asyncio.wait(pending)
+
     async def drain(self, grace_s: float) -> None:
         """Let running tasks finish for up to `grace_s` seconds, then cancel the rest."""
         pending = [task for task in self.tasks if not task.done()]

@@ -9,9 +9,7 @@ recently used go first when the files pass `CACHE_MAX_MB`. A missing or corrupt 
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -129,52 +127,3 @@ class ResultCache:
 
     def _expired_before(self) -> str:
         return iso(self._utcnow() - self._ttl)
-
-
-class Flights:
-    """Identical requests in flight share one upstream call (single-flight).
-
-    The first request for a key leads (it is queued and generated as usual); identical ones
-    that arrive while it is queued or generating follow: they wait outside the queue and get
-    the leader's image as cache hits, or its failure. Admission for one key is serialized
-    (`admitting`), so two identical requests arriving together cannot both lead.
-    """
-
-    def __init__(self) -> None:
-        self._leaders: dict[str, int] = {}
-        self._followers: dict[str, list[int]] = {}
-        self._key_of: dict[int, str] = {}
-        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # key -> (lock, [users])
-
-    @asynccontextmanager
-    async def admitting(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if users[0] == 0:
-                del self._locks[key]
-
-    def leader(self, key: str) -> int | None:
-        return self._leaders.get(key)
-
-    def lead(self, key: str, job_id: int) -> None:
-        self._leaders[key] = job_id
-        self._key_of[job_id] = key
-
-    def follow(self, key: str, job_id: int) -> None:
-        self._followers.setdefault(key, []).append(job_id)
-
-    def key_of(self, job_id: int) -> str | None:
-        return self._key_of.get(job_id)
-
-    def land(self, job_id: int) -> list[int]:
-        """The leader has its image (or failed): close the flight, return who was waiting."""
-        key = self._key_of.pop(job_id, None)
-        if key is None or self._leaders.get(key) != job_id:
-            return []
-        del self._leaders[key]
-        return self._followers.pop(key, [])

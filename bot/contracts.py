@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -12,6 +13,10 @@ from bot.scheduler import QueuePosition
 from bot.storage.jobs import Job
 
 CLI_GUILD = "cli"
+
+#: shows an accepted request where its user sees it (Discord's public "thinking…"); returns the
+#: id of the message later updates edit, when there is one
+Acknowledge = Callable[[], Awaitable[int | None]]
 
 
 def guild_key(guild_id: int | None) -> str:
@@ -80,7 +85,6 @@ class ReplyHandle:
 
     token: str = field(repr=False)
     expires_at: datetime
-    message_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,19 +16,19 @@ from collections.abc import Awaitable, Callable
 
 from bot import messages
 from bot.background import Background
-from bot.cache import Flights, ResultCache
 from bot.config import Settings
 from bot.contracts import Delivery, DeliveryError, ImageLost
 from bot.errors import ImagineError
 from bot.gatekeeper import Gatekeeper
-from bot.imaging.client import Gate, ImageClient
+from bot.imaging.client import ImageClient
 from bot.imaging.download import DownloadedImage, ImageFetcher, sniff_kind
 from bot.imaging.errors import ContentRejected, ImageDownloadError, RateLimited, UpstreamError
 from bot.imaging.models import ImageRequest
+from bot.limiter import Gate
 from bot.modlog import ModerationLog, excerpt
-from bot.presets import ImageParams, cache_key
 from bot.requests import params_of
 from bot.scheduler import QueueItem
+from bot.sharing import ResultSharing
 from bot.storage.images import ImageStore
 from bot.storage.jobs import Job, JobStore
 from bot.storage.quotas import QuotaExceeded
@@ -53,10 +53,9 @@ class JobRunner:
         delivery: Delivery,
         background: Background,
         mod_log: ModerationLog,
-        flights: Flights,
+        sharing: ResultSharing,
         on_finished: Callable[[int], None],
         on_requeued: Callable[[int], None],
-        cache: ResultCache | None = None,
         gatekeeper: Gatekeeper | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_requeues: int = 5,
@@ -69,10 +68,9 @@ class JobRunner:
         self._delivery = delivery
         self._background = background
         self._mod_log = mod_log
-        self._flights = flights
+        self._sharing = sharing
         self._on_finished = on_finished
         self._on_requeued = on_requeued
-        self.cache = cache
         self._gate = gatekeeper
         self._sleep = sleep
         #: a job put back by 429s more often than this fails (the bot's jobs have a deadline anyway;
@@ -86,13 +84,14 @@ class JobRunner:
         if job is None or job.finished:
             return
         try:
-            if job.state == "queued" and await self._take_flight(job):
+            if job.state == "queued" and await self._take_flight(job, gate):
                 return  # answered from the cache, or following an identical job in flight
             if job.state != "generated":
                 generated = await self._generate(job, gate)
                 if generated is None:
                     return
                 job = generated
+            gate.close()  # nothing more to send: an unused permit goes back before the upload
             await self.deliver(job)
         except RateLimited:
             raise  # the scheduler puts the job back at the head of its queue
@@ -178,38 +177,28 @@ class JobRunner:
         self._finish(job.id)
 
     # -- the result cache and shared flights -----------------------------------------------------
-    async def cache_key(self, params: ImageParams, model: str, guild_id: int | None) -> str | None:
-        """The request's cache key, or None when the cache is off (for everyone, or for this guild)."""
-        if self.cache is None or self._settings.cache_ttl_hours <= 0:
-            return None
-        if guild_id is not None and self._gate is not None and not (await self._gate.policy(guild_id)).cache_enabled:
-            return None
-        return cache_key(params, model=model)
-
     async def _job_cache_key(self, job: Job) -> str | None:
-        return await self.cache_key(params_of(job), job.model, job.guild_id)
+        return await self._sharing.key(params_of(job), job.model, job.guild_id)
 
-    async def _take_flight(self, job: Job) -> bool:
-        """A queued job about to run (e.g. re-queued after a restart) joins single-flight now.
-
-        True when it needs no generation of its own: answered from the cache, or following an
-        identical job already in flight. Otherwise it leads, and a former follower (which
-        reserved no money) reserves its share of the budget first.
+    async def _take_flight(self, job: Job, gate: Gate) -> bool:
+        """A queued job about to run (e.g. re-queued after a restart, or a follower whose leader
+        landed) decides again: True when it needs no generation of its own (answered from the
+        cache, or following an identical job in flight); its permit then goes back unused at once.
+        Otherwise it leads, and a former follower (which reserved no money) reserves its budget.
         """
-        if job.reroll_of is not None or self._flights.key_of(job.id) is not None or self.cache is None:
+        if job.reroll_of is not None or self._sharing.key_of(job.id) is not None:
             return False  # rerolls always generate; a leader already holds its flight
         key = await self._job_cache_key(job)
         if key is None:
             return False
-        async with self._flights.admitting(key):
-            hit = await self.cache.get(key)
-            if hit is None:
-                if self._flights.leader(key) is not None:
-                    self._flights.follow(key, job.id)
-                    return True
-                self._flights.lead(key, job.id)
+        async with self._sharing.choose(key) as choice:
+            if choice.hit is None and not (choice.leader is not None and choice.follow(job.id)):
+                choice.lead(job.id)
                 return not await self._reserve_money(job)
-            if not await self.jobs.mark_cache_hit(job.id, sha256=hit.sha256, request_id=hit.request_id):
+            gate.close()
+            if choice.hit is None:
+                return True  # following: answered when the leader lands
+            if not await self.jobs.mark_cache_hit(job.id, sha256=choice.hit.sha256, request_id=choice.hit.request_id):
                 return False
         await self.deliver_by_id(job.id)
         return True
@@ -228,10 +217,8 @@ class JobRunner:
 
     async def _share(self, job: Job, image: DownloadedImage, sha256: str) -> None:
         """A new image: into the cache, and to every identical request waiting on this one."""
-        key = self._flights.key_of(job.id) or await self._job_cache_key(job)
-        if key is not None and self.cache is not None:
-            await self.cache.put(key, sha256, len(image.data), job_id=job.id, request_id=job.request_id)
-        for follower in self._flights.land(job.id):
+        key = self._sharing.key_of(job.id) or await self._job_cache_key(job)
+        for follower in await self._sharing.publish(job.id, key, sha256, len(image.data), job.request_id):
             if await self.jobs.mark_cache_hit(follower, sha256=sha256, request_id=job.request_id):
                 self._background.spawn(self.deliver_by_id(follower))
 
@@ -244,7 +231,7 @@ class JobRunner:
 
     async def _release_image(self, sha256: str) -> None:
         """Delete a delivered image unless the cache keeps it or another job still needs it."""
-        if self.cache is not None and await self.cache.holds(sha256):
+        if await self._sharing.holds(sha256):
             return
         if not await self.jobs.image_in_use(sha256):
             await self._images.delete(sha256)
@@ -290,7 +277,7 @@ class JobRunner:
         )
         if job.image_sha256:
             await self._release_image(job.image_sha256)
-        for follower in self._flights.land(job.id):  # identical requests waiting on this one fail alike
+        for follower in self._sharing.land(job.id):  # identical requests waiting on this one fail alike
             follower_job = await self.jobs.get(follower)
             if follower_job is not None:
                 self._background.spawn(self.fail(follower_job, error, shared=True))

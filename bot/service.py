@@ -19,10 +19,11 @@ from collections.abc import Awaitable, Callable
 
 from bot import messages
 from bot.background import Background
-from bot.cache import CacheHit, Flights, ResultCache
+from bot.cache import ResultCache
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.contracts import (
+    Acknowledge,
     Delivery,
     JobInterrupted,
     QueueStatus,
@@ -40,7 +41,8 @@ from bot.limiter import UpstreamLimiter
 from bot.modlog import ModerationLog, excerpt
 from bot.requests import GenerationRequest
 from bot.runner import IMAGE_SCOPES, JobRunner
-from bot.scheduler import QueueItem, QueuePosition, QueueRefusal, Scheduler
+from bot.scheduler import QueueItem, QueuePosition, QueueRefusal, Reservation, Scheduler
+from bot.sharing import Choice, ResultSharing
 from bot.storage.db import Store, iso
 from bot.storage.images import ImageStore
 from bot.storage.jobs import Cooldown, CooldownActive, Job, JobStore, NewJob, new_local_id
@@ -73,7 +75,7 @@ class GenerationService:
         self._delivery = delivery
         self._gate = gatekeeper
         self._store = store
-        self._flights = Flights()
+        self.sharing = ResultSharing(settings, cache, gatekeeper)
         self.background = Background()
         self._mod_log = ModerationLog(gatekeeper, delivery)
         self.runner = JobRunner(
@@ -85,10 +87,9 @@ class GenerationService:
             delivery=delivery,
             background=self.background,
             mod_log=self._mod_log,
-            flights=self._flights,
+            sharing=self.sharing,
             on_finished=self._finished,
             on_requeued=lambda job_id: self._published.pop(job_id, None),
-            cache=cache,
             gatekeeper=gatekeeper,
             sleep=sleep,
             max_requeues=max_requeues,
@@ -139,21 +140,30 @@ class GenerationService:
         job_id: int | None = None,
         deadline_s: float | None = None,
         reply: ReplyHandle | None = None,
+        acknowledge: Acknowledge | None = None,
     ) -> Ticket:
         """Admit and durably queue one request. Raises LimitReached (nothing spent) when refused.
 
-        Order: moderation (block, channel, prompt rules) -> a queue slot -> the quota, reserved
-        in the same transaction that writes the job.
+        Order: moderation (block, channel, prompt rules) -> the cache decision -> a queue slot ->
+        the quota, reserved in the same transaction that writes the job -> `acknowledge()` (the
+        Discord layer's public "thinking…", which answers with the reply's message id) -> the
+        job joins the queue. Everything that can refuse runs before the acknowledgement, so a
+        refusal can be the interaction's one and only (private) response.
         """
         if self._stopping:
             raise ShuttingDown("The bot is restarting; try again in a minute.")
         job_id = job_id if job_id is not None else new_local_id()
         if await self.jobs.get(job_id) is not None:
+            log.info("job %s exists already (a replayed interaction): nothing new queued", job_id)
             return Ticket(job_id, self.scheduler.position(job_id), replayed=True)
         try:
-            return await self._admit(request, who, job_id, deadline_s, reply)
+            key = await self.sharing.key(
+                request.params, request.model, who.guild_id, reroll=request.reroll_of is not None
+            )
+            async with self.sharing.choose(key) as choice:
+                return await self._admit(request, who, job_id, deadline_s, reply, acknowledge, choice)
         except LimitReached as refusal:
-            await self._refused(who, request, refusal)
+            self.background.spawn(self._refused(who, request, refusal))  # the user's answer goes first
             raise
 
     async def _admit(
@@ -163,50 +173,12 @@ class GenerationService:
         job_id: int,
         deadline_s: float | None,
         reply: ReplyHandle | None,
+        acknowledge: Acknowledge | None,
+        choice: Choice,
     ) -> Ticket:
-        key = (
-            await self.runner.cache_key(request.params, request.model, who.guild_id)
-            if request.reroll_of is None
-            else None
-        )
-        if key is None:  # rerolls always bypass the cache
-            return await self._admit_job(request, who, job_id, deadline_s, reply)
-        async with self._flights.admitting(key):  # one identical request at a time: one leader
-            assert self.runner.cache is not None
-            hit = await self.runner.cache.get(key)
-            follows = self._flights.leader(key) if hit is None else None
-            ticket = await self._admit_job(request, who, job_id, deadline_s, reply, hit=hit, follows=follows)
-            if not ticket.replayed and hit is None:
-                if follows is None:
-                    self._flights.lead(key, job_id)
-                else:
-                    self._flights.follow(key, job_id)
-            return ticket
-
-    async def _admit_job(
-        self,
-        request: GenerationRequest,
-        who: Requester,
-        job_id: int,
-        deadline_s: float | None,
-        reply: ReplyHandle | None,
-        *,
-        hit: CacheHit | None = None,
-        follows: int | None = None,
-    ) -> Ticket:
-        """Moderation, then a queue slot (not needed by cache hits and followers), then the quota."""
-        charges: list[Charge] = []
-        cooldown: Cooldown | None = None
-        if who.guild_id is not None and who.user_id is not None and self._gate is not None:
-            await self._gate.screen(who.guild_id, who.user_id, who.channel_id, _screened_fields(request))
-            charges, cooldown_ms = await self._gate.charges(who.guild_id, who.user_id, who.role_ids)
-            if hit is not None or follows is not None:  # free: no money; images only if hits count
-                counts = (await self._gate.policy(who.guild_id)).cache_counts_toward_limits
-                charges = [c for c in charges if counts and c.scope in IMAGE_SCOPES]
-            if cooldown_ms:
-                cooldown = Cooldown(f"{who.guild_id}:{who.user_id}", self._gate.now_ms(), cooldown_ms)
+        charges, cooldown = await self._limits(request, who, choice)
         reservation = None
-        if hit is None and follows is None:
+        if not choice.free:  # cache hits and followers make no upstream call: no queue slot
             try:
                 reservation = self.scheduler.reserve(
                     who.guild_key,
@@ -233,19 +205,68 @@ class GenerationService:
             if reservation is not None:
                 self.scheduler.cancel(reservation)
             return Ticket(job_id, self.scheduler.position(job_id), replayed=True)
-        if hit is not None:
-            await self.jobs.mark_cache_hit(job_id, sha256=hit.sha256, request_id=hit.request_id)
+        if acknowledge is not None:
+            await self._acknowledge(job_id, acknowledge, reservation)
+        return await self._activate(job_id, reservation, choice)
+
+    async def _limits(
+        self, request: GenerationRequest, who: Requester, choice: Choice
+    ) -> tuple[list[Charge], Cooldown | None]:
+        """Moderation (raises Refused), then the counters the job must fit in and the cooldown."""
+        if who.guild_id is None or who.user_id is None or self._gate is None:
+            return [], None
+        await self._gate.screen(who.guild_id, who.user_id, who.channel_id, _screened_fields(request))
+        charges, cooldown_ms = await self._gate.charges(who.guild_id, who.user_id, who.role_ids)
+        if choice.free:  # no money; images only if the guild counts cache hits
+            counts = (await self._gate.policy(who.guild_id)).cache_counts_toward_limits
+            charges = [c for c in charges if counts and c.scope in IMAGE_SCOPES]
+        cooldown = Cooldown(f"{who.guild_id}:{who.user_id}", self._gate.now_ms(), cooldown_ms) if cooldown_ms else None
+        return charges, cooldown
+
+    async def _acknowledge(self, job_id: int, acknowledge: Acknowledge, reservation: Reservation | None) -> None:
+        """The accepted job's public acknowledgement; if it cannot be made, the job is withdrawn."""
+        try:
+            message_id = await acknowledge()
+        except BaseException:
+            if reservation is not None:
+                self.scheduler.cancel(reservation)
+            # the user never saw the job: give back what it reserved, and stop here
+            await asyncio.shield(
+                self.jobs.mark_failed(
+                    job_id, error_code="NotAcknowledged", error_message="the request could not be acknowledged"
+                )
+            )
+            log.warning("job %s withdrawn: the interaction could not be acknowledged", job_id)
+            raise
+        if message_id is not None:
+            try:
+                await self.jobs.set_message_id(job_id, message_id)
+            except Exception:  # not fatal: without it the result is posted in the channel
+                log.exception("job %s: could not record its reply message", job_id)
+
+    async def _activate(self, job_id: int, reservation: Reservation | None, choice: Choice) -> Ticket:
+        """The accepted, acknowledged job starts moving: delivered from the cache, following its
+        leader, or queued (leading its key, if it has one)."""
+        if choice.hit is not None:
+            await self.jobs.mark_cache_hit(job_id, sha256=choice.hit.sha256, request_id=choice.hit.request_id)
             self.background.spawn(self.runner.deliver_by_id(job_id))
             return Ticket(job_id, None, cached=True)
-        if follows is not None:
-            position = self.scheduler.position(follows)
+        if choice.leader is not None:
+            if choice.follow(job_id):
+                position = self.scheduler.position(choice.leader)
+                job = await self.jobs.get(job_id)
+                if job is not None:
+                    self.background.notify(
+                        self._delivery.queued(job, position) if position else self._delivery.started(job)
+                    )
+                return Ticket(job_id, position, cached=True)
+            # the leader landed meanwhile: queue it; it decides again when it runs (a cache hit, likely)
             job = await self.jobs.get(job_id)
-            if job is not None:
-                self.background.notify(
-                    self._delivery.queued(job, position) if position else self._delivery.started(job)
-                )
-            return Ticket(job_id, position, cached=True)
+            assert job is not None
+            self.scheduler.enqueue(self._item_for(job))
+            return Ticket(job_id, self.scheduler.position(job_id))
         assert reservation is not None
+        choice.lead(job_id)
         self.scheduler.activate(reservation, job_id)
         return Ticket(job_id, self.scheduler.position(job_id))
 
@@ -356,7 +377,6 @@ def _new_job(job_id: int, request: GenerationRequest, who: Requester, reply: Rep
         reroll_of=request.reroll_of,
         interaction_token=reply.token if reply else None,
         token_expires_at=iso(reply.expires_at) if reply else None,
-        message_id=reply.message_id if reply else None,
     )
 
 

@@ -1,9 +1,8 @@
 """The one error boundary for slash commands and buttons.
 
-Every error becomes the sentence of the error table, sent ephemerally whether or not the
-interaction was already answered: if a command had already shown a public "thinking…"
-reply, that reply is removed and the sentence is sent privately instead, so a refusal never
-leaves a public trace. Unexpected errors are logged with a short reference the user can quote.
+Every error becomes the sentence of the error table. Refusals are decided before a command
+acknowledges anything, so they are the interaction's one and only response, a private message
+(see bot/ui/flow.py). Unexpected errors are logged with a short reference the user can quote.
 """
 
 from __future__ import annotations
@@ -52,16 +51,21 @@ async def report_error(interaction: discord.Interaction, error: BaseException) -
 
 
 async def reply_privately(interaction: discord.Interaction, text: str) -> None:
+    """The error's sentence as the interaction's answer.
+
+    Not answered yet (every refusal: admission runs before any acknowledgement): the one and
+    only response, private. Deferred: the deferred message itself is edited, since Discord turns
+    a followup right after a deferral into that edit anyway and keeps its visibility (private for
+    the admin commands, which defer privately; public only for an accepted job, whose failures
+    are shown in place). Otherwise a private followup.
+    """
     try:
         if not interaction.response.is_done():
             await interaction.response.send_message(text, ephemeral=True, allowed_mentions=render.NO_PINGS)
-            return
-        if interaction.response.type == discord.InteractionResponseType.deferred_channel_message:
-            try:  # the public "thinking…" reply: a refusal must not stay in the channel
-                await interaction.delete_original_response()
-            except discord.HTTPException:
-                pass
-        await interaction.followup.send(text, ephemeral=True, allowed_mentions=render.NO_PINGS)
+        elif interaction.response.type == discord.InteractionResponseType.deferred_channel_message:
+            await interaction.edit_original_response(content=text, allowed_mentions=render.NO_PINGS)
+        else:
+            await interaction.followup.send(text, ephemeral=True, allowed_mentions=render.NO_PINGS)
     except (discord.HTTPException, aiohttp.ClientError) as exc:
         log.warning("could not tell the user about an error in %s: %s", _what(interaction), exc)
 

@@ -40,9 +40,14 @@ class Admin(commands.Cog):
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         """Checked for every command of this cog, subgroups included (a group's own check is not).
 
-        Discord hides the group from non-admins by default, but a server can re-grant it.
+        Discord hides the group from non-admins by default, but a server can re-grant it. An
+        admin's command is acknowledged privately at once, before any database work or regex
+        vetting (Discord's 3-second rule); every answer then edits that private reply.
         """
-        return bool(interaction.guild_id) and interaction.permissions.manage_guild
+        if not (interaction.guild_id and interaction.permissions.manage_guild):
+            return False
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        return True
 
     @property
     def _admin(self):
@@ -51,7 +56,7 @@ class Admin(commands.Cog):
 
     async def _changed(self, interaction: discord.Interaction, text: str) -> None:
         """Answer the admin privately and tell the moderation log."""
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=render.NO_PINGS)
+        await _answer(interaction, content=text)
         assert interaction.guild_id is not None
         await self.bot.service.post_to_mod_log(interaction.guild_id, f"⚙️ {text}")
 
@@ -59,9 +64,7 @@ class Admin(commands.Cog):
     @limits.command(name="show", description="The limits in force in this server")
     async def limits_show(self, interaction: discord.Interaction) -> None:
         policy = await self._admin.policy(interaction.guild_id)
-        await interaction.response.send_message(
-            embed=render_admin.limits_embed(policy), ephemeral=True, allowed_mentions=render.NO_PINGS
-        )
+        await _answer(interaction, embed=render_admin.limits_embed(policy))
 
     @limits.command(name="set", description="Change this server's limits (numbers, or 'unlimited')")
     @app_commands.describe(
@@ -144,7 +147,7 @@ class Admin(commands.Cog):
     @admin.command(name="blocks", description="Who is blocked, why, and until when")
     async def blocks(self, interaction: discord.Interaction) -> None:
         blocks = await self._admin.blocks(interaction.guild_id)
-        await interaction.response.send_message(embed=render_admin.blocks_embed(blocks), ephemeral=True)
+        await _answer(interaction, embed=render_admin.blocks_embed(blocks))
 
     # -- prompt rules ---------------------------------------------------------------------------
     @rules.command(name="add", description="Refuse prompts containing a word or matching a pattern")
@@ -177,7 +180,7 @@ class Admin(commands.Cog):
     @rules.command(name="list", description="This server's prompt rules")
     async def rules_list(self, interaction: discord.Interaction) -> None:
         rules = await self._admin.rules(interaction.guild_id)
-        await interaction.response.send_message(embed=render_admin.rules_embed(rules), ephemeral=True)
+        await _answer(interaction, embed=render_admin.rules_embed(rules))
 
     # -- channels and the log -------------------------------------------------------------------
     @channels.command(name="allow", description="Allow images in a channel (then only allowed channels work)")
@@ -194,7 +197,7 @@ class Admin(commands.Cog):
     async def channels_list(self, interaction: discord.Interaction) -> None:
         policy = await self._admin.policy(interaction.guild_id)
         listed = ", ".join(f"<#{c}>" for c in sorted(policy.allowed_channels)) or "every channel"
-        await interaction.response.send_message(f"Images can be made in: {listed}.", ephemeral=True)
+        await _answer(interaction, content=f"Images can be made in: {listed}.")
 
     @admin.command(name="log-channel", description="Where refusals, blocks and changes are posted (empty: off)")
     async def log_channel(self, interaction: discord.Interaction, channel: discord.TextChannel | None = None) -> None:
@@ -230,21 +233,23 @@ class Admin(commands.Cog):
     @app_commands.describe(days="How many days back (default 7)")
     async def report(self, interaction: discord.Interaction, days: Range[int, 1, 366] = 7) -> None:
         report = await self._admin.report(interaction.guild_id, days)
-        await interaction.response.send_message(
-            embed=render_admin.report_embed(report, days), ephemeral=True, allowed_mentions=render.NO_PINGS
-        )
+        await _answer(interaction, embed=render_admin.report_embed(report, days))
 
     @admin.command(name="export", description="This server's ledger as a CSV file")
     @app_commands.describe(days="How many days back (default 30)")
     async def export(self, interaction: discord.Interaction, days: Range[int, 1, 366] = 30) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
         data = await self._admin.export_csv(interaction.guild_id, days)
         name = f"imagine-ledger-{interaction.guild_id}-{days}d.csv"
-        await interaction.followup.send(
-            f"The ledger of the last {days} day(s).",
-            file=discord.File(io.BytesIO(data), filename=name),
-            ephemeral=True,
+        await _answer(
+            interaction,
+            content=f"The ledger of the last {days} day(s).",
+            attachments=[discord.File(io.BytesIO(data), filename=name)],
         )
+
+
+async def _answer(interaction: discord.Interaction, **payload: object) -> None:
+    """Replace the private "thinking…" acknowledgement with the answer."""
+    await interaction.edit_original_response(allowed_mentions=render.NO_PINGS, **payload)  # type: ignore[arg-type]
 
 
 async def setup(bot: ImagineBot) -> None:

@@ -1,8 +1,9 @@
 """/imagine, /poster, /couplet, /queue and /usage.
 
 Each command turns its options into a request with the pure builders (input is refused here,
-before anything is spent), acknowledges at once, and hands the request to the service; the
-reply message is then updated by the delivery as the job moves.
+before anything is spent) and hands it to the service, which admits it and only then has it
+acknowledged publicly (bot/ui/flow.py); the reply message is then updated by the delivery as
+the job moves. A refusal is answered privately by the error boundary (bot/tree.py).
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ class Imagine(commands.Cog):
         self.bot = bot
 
     async def _start(self, interaction: discord.Interaction, request: GenerationRequest) -> None:
-        reply = await flow.acknowledge(interaction)
-        await flow.submit(self.bot.service, interaction, request, reply)
+        await flow.start(self.bot.service, interaction, request)  # a refusal raises: the tree answers privately
 
     @app_commands.command(name="imagine", description="Generate an image from a text prompt")
     @app_commands.describe(

@@ -59,11 +59,11 @@ class RerollButton(_JobButton, template=r"imagine:reroll:(?P<job_id>\d+)"):
     action, label, emoji = "reroll", "Reroll", "🔄"
 
     async def handle(self, interaction: discord.Interaction, bot: ImagineBot) -> None:
-        reply = await flow.acknowledge(interaction)  # a new message for the new image
         job = await bot.service.jobs.get(self.job_id)
         if job is None:
             raise ImagineError(render.JOB_GONE)
-        await flow.submit(bot.service, interaction, bot.requests.reroll(job), reply)
+        # admitted first, then a new public message for the new image; a refusal is private
+        await flow.start(bot.service, interaction, bot.requests.reroll(job))
 
 
 class DetailsButton(_JobButton, template=r"imagine:details:(?P<job_id>\d+)"):

@@ -471,7 +471,7 @@ async def test_the_ledger_shows_the_hit_at_zero_cost(pipeline: Pipeline, clock: 
         (str(first.id), "delivered", "0.18", "0.18"),
         (str(hit.id), "delivered", "0.00", "0.00"),
     ]
-    stats = await pipeline.service.runner.cache.stats()
+    stats = await pipeline.service.sharing.cache.stats()
     assert (stats.entries, stats.hits) == (1, 1)
 
 

@@ -137,6 +137,7 @@ async def count(pipeline: Pipeline, table: str) -> int:
 
 
 async def refusal_rows(pipeline: Pipeline) -> list[tuple[int, int, str, str]]:
+    await pipeline.service.background.settle(10)  # refusals are recorded after the user is answered
     rows = await pipeline.store.fetch_all("SELECT guild_id, user_id, reason, detail FROM refusals ORDER BY id")
     return [(r["guild_id"], r["user_id"], r["reason"], r["detail"]) for r in rows]
 
@@ -438,6 +439,7 @@ async def test_a_rule_refusal_names_the_field_that_broke_it(open_pipeline, deliv
     with pytest.raises(RuleRefusal) as refused:
         await pipeline.service.submit(req, member(10), job_id=1)
     assert refused.value.match.field == "negative_prompt"
+    await pipeline.service.background.settle(10)  # posted after the user is answered
     assert "in the negative prompt" in delivery.moderation_posts[0][1]
 
 

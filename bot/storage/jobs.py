@@ -205,6 +205,12 @@ class JobStore:
             await apply_charges(db, missing)
             await db.execute("UPDATE jobs SET quota_json = ? WHERE id = ?", (charges_to_json(held + missing), job_id))
 
+    async def set_message_id(self, job_id: int, message_id: int) -> bool:
+        """The reply message the job's progress and result edit in place (known once acknowledged)."""
+        return await self._update(
+            job_id, "message_id = :message_id", "state IN ('queued', 'submitting')", message_id=message_id
+        )
+
     async def mark_submitting(self, job_id: int) -> bool:
         return await self._update(
             job_id,

@@ -1,6 +1,11 @@
-"""The start of every generation in Discord: acknowledge at once, then submit to the service.
+"""The start of every generation in Discord: admit first, acknowledge only an accepted job.
 
-Used by the slash commands and the Reroll button alike.
+Used by the slash commands and the Reroll button alike. Everything that can refuse (input,
+blocks, channels, rules, cooldown, limits, budget, queue room, the 15-minute window) is decided
+by the service *before* the interaction is answered, so a refusal is the interaction's one and
+only response, a private message (the error boundary in bot/tree.py sends it). Discord cannot
+turn a public "thinking…" into a private answer afterwards: a followup right after a deferral
+edits the deferred message and keeps it public, and fails if that message was deleted.
 """
 
 from __future__ import annotations
@@ -30,23 +35,24 @@ def requester_of(interaction: discord.Interaction) -> Requester:
     )
 
 
-async def acknowledge(interaction: discord.Interaction) -> ReplyHandle:
-    """Defer publicly ("thinking…"): the message every later update edits in place."""
+async def acknowledge(interaction: discord.Interaction) -> int:
+    """Defer publicly ("thinking…"): the message every later update edits in place; its id."""
     callback = await interaction.response.defer(thinking=True)
     message_id = callback.message_id if callback is not None else None
     if message_id is None:  # older API answers carry no message id: ask for it
         message_id = (await interaction.original_response()).id
-    return ReplyHandle(interaction.token, interaction.created_at + TOKEN_LIFETIME, message_id)
+    return message_id
 
 
-async def submit(
-    service: GenerationService,
-    interaction: discord.Interaction,
-    request: GenerationRequest,
-    reply: ReplyHandle,
-) -> Ticket:
-    """The job id is the interaction id: a replayed interaction cannot create a second job."""
-    deadline_s = (reply.expires_at - datetime.now(UTC)).total_seconds() - DELIVERY_MARGIN_S
+async def start(service: GenerationService, interaction: discord.Interaction, request: GenerationRequest) -> Ticket:
+    """Submit; the job id is the interaction id, so a replayed interaction cannot create a second job."""
+    expires_at = interaction.created_at + TOKEN_LIFETIME
+    deadline_s = (expires_at - datetime.now(UTC)).total_seconds() - DELIVERY_MARGIN_S
     return await service.submit(
-        request, requester_of(interaction), job_id=interaction.id, deadline_s=deadline_s, reply=reply
+        request,
+        requester_of(interaction),
+        job_id=interaction.id,
+        deadline_s=deadline_s,
+        reply=ReplyHandle(interaction.token, expires_at),
+        acknowledge=lambda: acknowledge(interaction),
     )

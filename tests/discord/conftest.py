@@ -127,5 +127,32 @@ async def harness(fake_discord: FakeDiscord, fake_api: FakeImageApi, make_settin
         await harness.stop()
 
 
-def ephemeral_followups(fake: FakeDiscord, sent: SentInteraction) -> list[FakeMessage]:
-    return [m for m in fake.followups(sent.id) if m.ephemeral]
+EPHEMERAL = 64
+
+
+def private_answer(fake: FakeDiscord, sent: SentInteraction, *, strict: bool = True) -> FakeMessage | None:
+    """The interaction's one and only response when it was a private message (callback type 4,
+    flag 64), else None. A refusal must be exactly that: after a public "thinking…" Discord keeps
+    the next followup public (and a deleted "thinking…" leaves the user with nothing).
+
+    `strict`: any other first response fails the test at once (instead of returning None).
+    """
+    callbacks = fake.callbacks(sent.id)
+    if not callbacks or (not strict and callbacks != [4]):
+        return None
+    assert callbacks == [4], f"a refusal must be the first and only response, got callbacks {callbacks}"
+    [payload] = fake.callback_payloads(sent.id)
+    assert payload["data"].get("flags") == EPHEMERAL, payload
+    message = fake.original_message(sent.id)
+    assert message is not None and message.ephemeral and not message.deleted
+    assert message.allowed_mentions == {"parse": []}
+    assert fake.followups(sent.id) == []
+    return message
+
+
+async def private_refusal(harness: BotHarness, sent: SentInteraction, timeout: float = 10) -> str:
+    """The refusal sentence, after checking it was the only, private, response and nothing was queued."""
+    message = await harness.discord.wait_for(lambda f: private_answer(f, sent), timeout=timeout)
+    assert harness.bot is not None
+    assert await harness.bot.service.jobs.get(sent.id) is None  # no job row: nothing to charge
+    return message.content

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from bot.storage.reports import LEDGER_COLUMNS
-from tests.discord.conftest import BotHarness, ephemeral_followups
+from tests.discord.conftest import BotHarness, private_refusal
 from tests.fakes.fake_discord import DEFAULT_PERMISSIONS, FakeGuild, FakeMessage, SentInteraction
 from tests.fakes.fake_discord_models import member_payload, role_payload, user_payload
 from tests.fakes.image_api import Reply
@@ -138,12 +138,8 @@ async def run_admin(harness: BotHarness, *path: str, **options: Any) -> str:
 
 
 async def refusal(harness: BotHarness, sent: SentInteraction) -> str:
-    """The private sentence of a refused /imagine; no public trace of it stays in the channel."""
-    [message] = await harness.discord.wait_for(lambda f: ephemeral_followups(f, sent))
-    original = harness.discord.original_message(sent.id)
-    assert original is None or original.deleted, "the public 'thinking…' reply must be removed"
-    assert message.allowed_mentions == NO_PINGS
-    return message.content
+    """The private sentence of a refused /imagine: its one and only response; no public trace."""
+    return await private_refusal(harness, sent)
 
 
 async def delivered(harness: BotHarness, sent: SentInteraction) -> None:
@@ -535,11 +531,10 @@ async def seed_ledger(harness: BotHarness) -> tuple[int, int]:
 async def test_the_csv_export_matches_the_guilds_jobs(harness: BotHarness) -> None:
     gid, other_gid = await seed_ledger(harness)
     sent = admin(harness, "export")
-    [followup] = await harness.discord.wait_for(lambda f: f.followups(sent.id))
-    assert harness.discord.callbacks(sent.id) == [5]
-    assert harness.discord.original_message(sent.id).ephemeral  # the "thinking…" was private too
-    assert followup.ephemeral
-    [attachment] = followup.attachments
+    answer = await harness.reply(sent, lambda m: bool(m.attachments))
+    assert harness.discord.callbacks(sent.id) == [5]  # a private "thinking…" first, then the file in it
+    assert answer.ephemeral and harness.discord.followups(sent.id) == []
+    [attachment] = answer.attachments
     assert attachment["filename"] == f"imagine-ledger-{gid}-30d.csv"
     reader = csv.DictReader(io.StringIO(attachment["bytes"].decode("utf-8")))
     assert tuple(reader.fieldnames or ()) == LEDGER_COLUMNS

@@ -12,7 +12,7 @@ import csv
 import io
 from typing import Any
 
-from tests.discord.conftest import BotHarness, ephemeral_followups
+from tests.discord.conftest import BotHarness, private_answer, private_refusal
 from tests.fakes.fake_discord import FakeGuild, FakeMessage, SentInteraction
 from tests.fakes.image_api import Reply
 from tests.fakes.png import png_size
@@ -41,17 +41,16 @@ async def delivered(harness: BotHarness, sent: SentInteraction) -> FakeMessage:
 
 
 async def refusal(harness: BotHarness, sent: SentInteraction) -> str:
-    [message] = await harness.discord.wait_for(lambda f: ephemeral_followups(f, sent))
-    return message.content
+    return await private_refusal(harness, sent)
 
 
 async def settled(harness: BotHarness, sent: SentInteraction) -> FakeMessage | str:
     """The reply with its image, or the text of a private refusal, whichever comes."""
 
     def check(fake: Any) -> FakeMessage | str | None:
-        refused = ephemeral_followups(fake, sent)
-        if refused:
-            return refused[0].content
+        refused = private_answer(fake, sent, strict=False)
+        if refused is not None:
+            return refused.content
         message = fake.original_message(sent.id)
         return message if message is not None and message.attachments else None
 
@@ -262,8 +261,8 @@ async def test_the_export_shows_the_hit_at_zero_cost(harness: BotHarness) -> Non
     await delivered(harness, first)
     await delivered(harness, hit)
     sent = harness.slash("imagine-admin", {}, subcommand="export", user_id=ADMIN_ID, permissions=ADMIN_PERMISSIONS)
-    [followup] = await harness.discord.wait_for(lambda f: f.followups(sent.id))
-    exported = list(csv.DictReader(io.StringIO(followup.attachments[0]["bytes"].decode("utf-8"))))
+    answer = await harness.reply(sent, lambda m: bool(m.attachments))
+    exported = list(csv.DictReader(io.StringIO(answer.attachments[0]["bytes"].decode("utf-8"))))
     assert [
         (r["job_id"], r["user_id"], r["state"], r["cost_cny"], r["upstream_cny"], r["cache_hit"]) for r in exported
     ] == [

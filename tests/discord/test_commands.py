@@ -3,6 +3,7 @@ against the fake Discord and the fake image API, with a real SQLite file."""
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -341,19 +342,23 @@ async def test_a_command_in_dms_gets_a_private_explanation_and_queues_nothing(ha
 # -- 8. a replayed interaction ----------------------------------------------------------------------------
 
 
-async def test_a_replayed_interaction_creates_no_second_job_or_upstream_call(harness: BotHarness) -> None:
+async def test_a_replayed_interaction_creates_no_second_job_or_upstream_call(
+    harness: BotHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="imagine.service")
     await harness.start()
     harness.api.script(Reply.ok(delay=0.5))
     sent = harness.slash("imagine", {"prompt": "only once"})
     await harness.discord.wait_for(lambda f: harness.api.requests)
     harness.discord.push_event("INTERACTION_CREATE", sent.payload)
-    callback_path = f"/interactions/{sent.id}/"
-    await harness.discord.wait_for(lambda f: len(f.requests_to("POST", callback_path)) >= 2)
+    replayed = f"job {sent.id} exists already (a replayed interaction)"
+    await harness.discord.wait_for(lambda f: replayed in caplog.text)
     message = await harness.result(sent)
     assert len(harness.api.requests) == 1
     assert await job_count(harness) == 1
     assert (await harness.job(sent.id)).cost_fen == 18
-    assert harness.discord.callbacks(sent.id) == [5]  # the replay could not answer a second time
+    assert harness.discord.callbacks(sent.id) == [5]  # the replay did not try to answer a second time
+    assert len(harness.discord.requests_to("POST", f"/interactions/{sent.id}/")) == 1
     public = [m for m in harness.discord.channel_messages(sent.channel_id) if not m.ephemeral]
     assert [m.id for m in public] == [message.id]
 

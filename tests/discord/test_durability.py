@@ -124,6 +124,7 @@ async def test_details_answers_privately_with_every_parameter_and_the_request_id
     }
     sent = harness.slash("imagine", options)
     message = await harness.result(sent)
+    await harness.job(sent.id)  # recorded as delivered just after the image is shown
 
     click = harness.discord.click(message.id, f"imagine:details:{sent.id}", user_id=sent.user_id)
     details = await answer_to(harness.discord, click)

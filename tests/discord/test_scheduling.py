@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from tests.discord.conftest import BotHarness, ephemeral_followups
+from tests.discord.conftest import BotHarness, private_answer, private_refusal
 from tests.fakes.fake_discord import FakeMessage, SentInteraction
 from tests.fakes.image_api import Reply
 
@@ -66,18 +66,10 @@ def queue_places(steps: list[str]) -> list[int]:
 
 
 async def refusal(harness: BotHarness, sent: SentInteraction) -> str:
-    """The refusal sentence, after checking it left no public trace and nothing was written."""
-    fake = harness.discord
-    [private] = await fake.wait_for(lambda f: ephemeral_followups(f, sent), timeout=10)
-    assert fake.callbacks(sent.id) == [5]  # acknowledged at once with a public "thinking…"
-    thinking = fake.original_message(sent.id)
-    assert thinking is not None and thinking.deleted
-    assert [h["op"] for h in thinking.history] == ["create", "delete"]  # no status was ever shown
-    assert [m for m in fake.followups(sent.id) if not m.ephemeral] == []
-    assert private.allowed_mentions == {"parse": []}
-    assert harness.bot is not None
-    assert await harness.bot.service.jobs.get(sent.id) is None  # no job row: nothing to charge
-    return private.content
+    """The refusal sentence: the private, one and only response; nothing public, nothing written."""
+    text = await private_refusal(harness, sent)
+    assert all(m.ephemeral for m in harness.discord.messages.values() if m.interaction_id == sent.id)
+    return text
 
 
 # -- 1. fairness ---------------------------------------------------------------------------------
@@ -237,7 +229,7 @@ async def test_a_request_that_cannot_finish_within_the_reply_window_is_refused(h
     await harness.start(upstream_rpm=1, upstream_concurrency=1, guild_queue_max=50)
 
     def outcome(sent: SentInteraction) -> str | None:
-        if ephemeral_followups(harness.discord, sent):
+        if private_answer(harness.discord, sent, strict=False) is not None:
             return "refused"
         reply = harness.discord.original_message(sent.id)
         shown = reply is not None and ("Queued" in reply.content or "Generating" in reply.content)

@@ -465,12 +465,28 @@ class RestRoutes:
             rec = self._webhook_interaction(request)
             if isinstance(rec, web.Response):
                 return rec
+            loading = self._loading_original(rec)
+            if loading is not None:
+                # Documented: the first followup after a deferred (type 5) response edits the
+                # "thinking…" message instead of creating one, keeping the defer's visibility (the
+                # ephemeral flag is ignored); if that message was deleted, it fails with 10008
+                # (discord-api-docs #3087).
+                if loading.deleted:
+                    return error_response("unknown_message")
+                return self._answer(self._edit_message(loading, data, request[BODY_UPLOADS]))
             result = self._create_message(rec.channel_id, rec.guild_id, data, request[BODY_UPLOADS], interaction=rec)
             if isinstance(result, FakeMessage):
                 rec.followup_ids.append(result.id)
             if request.query.get("wait") not in ("1", "true", "True") and isinstance(result, FakeMessage):
                 return web.Response(status=204)
             return self._answer(result)
+
+    def _loading_original(self, rec: InteractionRecord) -> FakeMessage | None:
+        """The deferred response's message while it still shows "thinking…" (deleted or not)."""
+        if not rec.callbacks or rec.callbacks[0] != 5:
+            return None
+        original = self._messages.get(rec.original_id or 0)
+        return original if original is not None and original.flags & LOADING else None
 
     async def _webhook_message(self, request: web.Request) -> web.Response:
         data = request[BODY_JSON] if isinstance(request[BODY_JSON], dict) else {}

@@ -247,6 +247,34 @@ async def test_expired_token_then_channel_send_with_nonce(fake: FakeDiscord) -> 
         assert [r.json["enforce_nonce"] for r in posts] == [True, True]
 
 
+async def test_a_followup_right_after_a_public_defer_edits_the_thinking_message_as_documented(
+    fake: FakeDiscord,
+) -> None:
+    async with running(fake) as bot:
+        sent = fake.send_slash("later")  # defers publicly ("thinking…")
+        interaction = await asyncio.wait_for(bot.pending.get(), 10)
+        message = await interaction.followup.send("private?", ephemeral=True, wait=True)
+        original = fake.original_message(sent.id)
+        assert message.id == original.id  # no new message: the followup edited the deferred one
+        assert original.content == "private?" and not original.ephemeral and not original.loading
+        assert fake.followups(sent.id) == []
+        # once the deferral is resolved, a followup is a new message, and may be ephemeral
+        second = await interaction.followup.send("now private", ephemeral=True, wait=True)
+        [followup] = fake.followups(sent.id)
+        assert (followup.id, followup.ephemeral) == (second.id, True)
+
+
+async def test_a_followup_after_deleting_the_thinking_message_fails_unknown_message(fake: FakeDiscord) -> None:
+    async with running(fake) as bot:
+        sent = fake.send_slash("later")
+        interaction = await asyncio.wait_for(bot.pending.get(), 10)
+        await interaction.delete_original_response()
+        with pytest.raises(discord.NotFound) as caught:
+            await interaction.followup.send("refused", ephemeral=True)
+        assert caught.value.code == 10008  # discord-api-docs #3087: the user is left with nothing
+        assert fake.followups(sent.id) == []
+
+
 async def test_scripted_failures_are_retried_or_raised(fake: FakeDiscord) -> None:
     async with running(fake) as bot:
         fake.send_slash("later")
