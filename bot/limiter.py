@@ -4,51 +4,75 @@ The vendor limits the whole account per minute *and* per second, and enforces th
 limit as a sliding window. A token bucket refills continuously, so after an idle spell it lets
 a burst through that the server's window still counts (measured: 26 sent where 20 were
 allowed, see docs/pitfalls.md). So the limiter keeps an exact log of start times and grants a
-start only if, with ``margin_s`` added to each window for network jitter, fewer than ``rpm``
-starts fall in the last minute and fewer than ``ceil(rpm / 60)`` in the last second.
+start only if, with ``margin_s`` added to each window, fewer than ``rpm`` starts fall in the
+last minute and fewer than ``ceil(rpm / 60)`` in the last second.
+
+A start is what the provider counts: a request arriving. So a start is stamped when the request
+is handed to the network (``Permit.sent()``, called by the image client as the request's
+headers start to go out), not when the permit is granted: between the two a job reads its row
+and waits for the store's write lock, sometimes for hundreds of milliseconds. A permit granted
+but not yet sent counts as starting *now* (it may leave at any moment), and one released without
+being sent never counted. ``margin_s`` (default 50 ms) is then only what is left between our
+stamp and the provider's clock: the request's transit, and jitter between the two clocks' views.
 
 A 429 pauses every start (``pause``), not just the job that saw it. Waiters are served FIFO:
 an ``asyncio.Lock`` (FIFO in asyncio) is held by the one waiter at the head of the line.
+
+Every process using the same store shares one budget (``SharedBudget`` in
+bot/storage/upstream.py): a grant is then also checked against, and recorded in, the store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import math
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from bot.clock import Clock, wait_event
 from bot.imaging.errors import RateLimited
+from bot.rate_windows import Limits, LocalView, window_delay
+
+if TYPE_CHECKING:
+    from bot.storage.upstream import SharedBudget
 
 log = logging.getLogger("imagine.limiter")
 
+#: how often a waiter looks again when only other processes hold the budget (they cannot wake it)
+SHARED_POLL_S = 0.1
+
 
 class Permit:
-    """The right to make one upstream attempt. Release it when the attempt is over."""
+    """The right to make one upstream attempt. Stamp it when the request leaves (``sent``);
+    release it when the attempt is over."""
 
-    __slots__ = ("_limiter", "_released", "started_at")
+    __slots__ = ("_limiter", "_released", "granted_at", "sent_at", "shared_id")
 
-    def __init__(self, limiter: UpstreamLimiter, started_at: float) -> None:
+    def __init__(self, limiter: UpstreamLimiter, granted_at: float, shared_id: int | None = None) -> None:
         self._limiter = limiter
         self._released = False
-        self.started_at = started_at
+        self.granted_at = granted_at
+        self.sent_at: float | None = None
+        self.shared_id = shared_id  # its row in the shared budget, if any
 
     @property
     def released(self) -> bool:
         return self._released
 
-    def release(self, *, used: bool = True) -> None:
-        """Give the concurrency slot back (idempotent).
+    def sent(self) -> None:
+        """The request is being handed to the network now: this is the start the provider counts."""
+        if self.sent_at is None and not self._released:
+            self.sent_at = self._limiter.clock.now()
+            self._limiter._on_sent(self)
 
-        ``used=False`` says no request was sent: the recorded start is forgotten too, so a
-        permit that was never used does not cost a slot of the rate windows.
-        """
+    def release(self) -> None:
+        """Give the concurrency slot back (idempotent). A permit never sent costs no window slot."""
         if not self._released:
             self._released = True
-            self._limiter._release(self, used=used)
+            self._limiter._release(self)
 
     def __enter__(self) -> Permit:
         return self
@@ -76,6 +100,7 @@ class UpstreamLimiter:
         expected_hold_s: float = 15.0,
         hold_alpha: float = 0.2,
         default_pause_s: float = 5.0,
+        shared: SharedBudget | None = None,
     ) -> None:
         if concurrency < 1 or rpm < 1:
             raise ValueError("concurrency and rpm must be at least 1")
@@ -88,11 +113,12 @@ class UpstreamLimiter:
         #: exponential moving average of how long a permit is held (seconds), for estimates
         self.avg_hold_s = expected_hold_s
         self._alpha = hold_alpha
-        self._starts: deque[float] = deque()  # start times, oldest first, pruned past 60 s + margin
+        self._starts: list[float] = []  # this process's stamped starts, oldest first, pruned past a minute
         self._held: set[Permit] = set()
         self._paused_until = -math.inf
-        self._changed = asyncio.Event()  # set on release and on pause changes
+        self._changed = asyncio.Event()  # set on a stamp, a release and a pause change
         self._lock = asyncio.Lock()
+        self._shared = shared
 
     # -- stats -----------------------------------------------------------------------------
 
@@ -116,7 +142,7 @@ class UpstreamLimiter:
         now = self.clock.now()
         delay = self._window_delay(now)
         if len(self._held) >= self.concurrency:
-            oldest = min(p.started_at for p in self._held)
+            oldest = min(p.granted_at for p in self._held)
             delay = max(delay, oldest + self.avg_hold_s - now)
         return max(0.0, delay)
 
@@ -129,26 +155,32 @@ class UpstreamLimiter:
             self._paused_until = until
             log.warning("upstream paused for %.1f s", seconds)
             self._changed.set()
+            if self._shared is not None:
+                self._shared.pause(seconds)
 
     def pause_for(self, error: RateLimited) -> None:
         """Pause everyone for a 429's Retry-After (or a default when it named none)."""
         self.pause(error.retry_after if error.retry_after is not None else self.default_pause_s)
 
     async def acquire(self) -> Permit:
-        """Wait (FIFO among callers) until every limit allows a start; record it and return."""
+        """Wait (FIFO among callers) until every limit allows a start; return the permit."""
         async with self._lock:
             while True:
-                now = self.clock.now()
-                delay = self._window_delay(now)
-                full = len(self._held) >= self.concurrency
-                if not full and delay <= 0:
-                    permit = Permit(self, now)
-                    self._starts.append(now)
-                    self._held.add(permit)
-                    return permit
                 # Only the lock holder waits on the event, so clearing it here loses nothing.
                 self._changed.clear()
-                await wait_event(self._changed, None if full else delay, self.clock)
+                now = self.clock.now()
+                full = len(self._held) >= self.concurrency
+                delay = self._window_delay(now)
+                timeout: float | None = None if full else delay
+                if not full and delay <= 0:
+                    if self._shared is None:
+                        return self._grant(now, None)
+                    verdict = await self._shared.try_grant(self.limits, self.local_view())
+                    if verdict.permit_id is not None:
+                        return self._grant(self.clock.now(), verdict.permit_id)
+                    # another process holds the budget: it cannot wake us, so look again soon
+                    timeout = SHARED_POLL_S if verdict.full else min(max(verdict.delay, 0.0), SHARED_POLL_S)
+                await wait_event(self._changed, timeout, self.clock)
 
     @asynccontextmanager
     async def permit(self) -> AsyncIterator[Permit]:
@@ -161,32 +193,62 @@ class UpstreamLimiter:
     def gate(self, first_permit: Permit | None = None) -> Gate:
         return Gate(self, first_permit)
 
+    async def close(self) -> None:
+        """Write what the shared budget still owes the store (stamps and releases)."""
+        if self._shared is not None:
+            await self._shared.flush()
+
+    # -- what the shared budget reads of this process ---------------------------------------
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.concurrency, self.rpm, self.per_second, self.margin_s)
+
+    def local_view(self) -> LocalView:
+        """What this process holds and has started, on its own clock."""
+        now = self.clock.now()
+        self._window_delay(now)  # prunes
+        pending = sum(1 for p in self._held if p.sent_at is None)
+        return LocalView(now, len(self._held), tuple(self._starts), pending, self._paused_until)
+
     # -- internals -------------------------------------------------------------------------
 
-    def _window_delay(self, now: float) -> float:
-        """Seconds until the pause and both sliding windows allow one more start."""
-        minute, second = 60.0 + self.margin_s, 1.0 + self.margin_s
-        while self._starts and self._starts[0] <= now - minute:
-            self._starts.popleft()
-        ready = self._paused_until
-        # A new start at T is allowed iff the rpm-th most recent start is at least a window ago.
-        if len(self._starts) >= self.rpm:
-            ready = max(ready, self._starts[-self.rpm] + minute)
-        if len(self._starts) >= self.per_second:
-            ready = max(ready, self._starts[-self.per_second] + second)
-        return ready - now
+    def _grant(self, now: float, shared_id: int | None) -> Permit:
+        permit = Permit(self, now, shared_id)
+        self._held.add(permit)
+        return permit
 
-    def _release(self, permit: Permit, *, used: bool) -> None:
+    def _window_delay(self, now: float) -> float:
+        minute = 60.0 + self.margin_s
+        first = bisect.bisect_right(self._starts, now - minute)
+        if first:
+            del self._starts[:first]
+        pending = sum(1 for p in self._held if p.sent_at is None)
+        return window_delay(
+            self._starts,
+            pending,
+            now,
+            rpm=self.rpm,
+            per_second=self.per_second,
+            margin_s=self.margin_s,
+            paused_until=self._paused_until,
+        )
+
+    def _on_sent(self, permit: Permit) -> None:
+        assert permit.sent_at is not None
+        bisect.insort(self._starts, permit.sent_at)
+        self._changed.set()  # a pending permit counted as "now"; its real time may free a slot sooner
+        if self._shared is not None and permit.shared_id is not None:
+            self._shared.stamp(permit.shared_id)
+
+    def _release(self, permit: Permit) -> None:
         self._held.discard(permit)
-        if used:
-            held_for = self.clock.now() - permit.started_at
+        if permit.sent_at is not None:
+            held_for = self.clock.now() - permit.granted_at
             self.avg_hold_s += self._alpha * (held_for - self.avg_hold_s)
-        else:
-            try:
-                self._starts.remove(permit.started_at)  # equal times are interchangeable
-            except ValueError:
-                pass  # already pruned: it no longer counted anyway
         self._changed.set()
+        if self._shared is not None and permit.shared_id is not None:
+            self._shared.release(permit.shared_id)
 
 
 class Gate:
@@ -201,9 +263,16 @@ class Gate:
     def __init__(self, limiter: UpstreamLimiter, first_permit: Permit | None = None) -> None:
         self._limiter = limiter
         self._first = first_permit
+        self._current: Permit | None = None
         self.attempts = 0
         #: how many ``RateLimited`` went through this gate (each one paused the limiter)
         self.rate_limited = 0
+        self._sent = False
+
+    @property
+    def sent(self) -> bool:
+        """Whether a request of this job has been handed to the network (it may be billed)."""
+        return self._sent or (self._current is not None and self._current.sent_at is not None)
 
     @asynccontextmanager
     async def attempt(self) -> AsyncIterator[Permit]:
@@ -211,6 +280,7 @@ class Gate:
         if permit is None or permit.released:
             permit = await self._limiter.acquire()
         self.attempts += 1
+        self._current = permit
         try:
             yield permit
         except RateLimited as exc:
@@ -218,10 +288,12 @@ class Gate:
             self._limiter.pause_for(exc)
             raise
         finally:
+            self._sent = self._sent or permit.sent_at is not None
+            self._current = None
             permit.release()
 
     def close(self) -> None:
-        """Give back a first permit no attempt used, without spending a window slot."""
+        """Give back a first permit no attempt used (it never counted as a start)."""
         if self._first is not None:
-            self._first.release(used=False)
+            self._first.release()
             self._first = None

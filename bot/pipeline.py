@@ -27,6 +27,7 @@ from bot.storage.db import Store, utc_now
 from bot.storage.guilds import GuildStore
 from bot.storage.images import ImageStore
 from bot.storage.jobs import JobStore
+from bot.storage.upstream import SharedBudget
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Pipeline:
     http: httpx.AsyncClient
     service: GenerationService
     admin: GuildAdmin
+    limiter: UpstreamLimiter
 
     @property
     def jobs(self) -> JobStore:
@@ -80,7 +82,12 @@ class Pipeline:
                 gateway_url=settings.nebula_base_url,
                 max_bytes=settings.image_max_bytes,
             )
-            limiter = UpstreamLimiter(concurrency=settings.upstream_concurrency, rpm=settings.upstream_rpm, clock=clock)
+            # One budget for every process on this store (the bot, the CLI beside it): the
+            # provider's limits are per account.
+            shared = SharedBudget(store)
+            limiter = UpstreamLimiter(
+                concurrency=settings.upstream_concurrency, rpm=settings.upstream_rpm, clock=clock, shared=shared
+            )
             gatekeeper = Gatekeeper(settings, GuildStore(store), utcnow=wall_clock)
             images = ImageStore(settings.cache_dir)
             cache = ResultCache(
@@ -108,11 +115,19 @@ class Pipeline:
             await http.aclose()
             await store.close()
             raise
-        return cls(settings=settings, store=store, http=http, service=service, admin=GuildAdmin(store, gatekeeper))
+        return cls(
+            settings=settings,
+            store=store,
+            http=http,
+            service=service,
+            admin=GuildAdmin(store, gatekeeper),
+            limiter=limiter,
+        )
 
     async def close(self, grace_s: float | None = None) -> None:
         try:
             await self.service.stop(grace_s)
         finally:
             await self.http.aclose()
+            await self.limiter.close()
             await self.store.close()

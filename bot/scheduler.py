@@ -291,12 +291,12 @@ class Scheduler:
             try:
                 item = self._queue.pop()
                 if item is None:  # the job was removed while we waited for the upstream
-                    permit.release(used=False)
+                    permit.release()
                     continue
                 self._launch(item, permit)
             except BaseException:
                 # Not launched: give the permit back unused, and the job keeps its turn.
-                permit.release(used=False)
+                permit.release()
                 if item is not None and item.job_id not in self._queue and item.job_id not in self._running:
                     self._push(item, front=True)
                 raise

@@ -51,6 +51,12 @@ from bot.storage.reports import counters
 
 log = logging.getLogger("imagine.service")
 
+#: queue positions are published this long after a change (changes in between are coalesced)
+POSITION_DEBOUNCE_S = 0.25
+#: the first places of a guild's queue see every move; the rest at most every DISTANT_PLACE_EVERY_S
+NEAR_PLACES = 10
+DISTANT_PLACE_EVERY_S = 10.0
+
 
 class GenerationService:
     def __init__(
@@ -89,7 +95,7 @@ class GenerationService:
             mod_log=self._mod_log,
             sharing=self.sharing,
             on_finished=self._finished,
-            on_requeued=lambda job_id: self._published.pop(job_id, None),
+            on_requeued=self._forget_position,
             gatekeeper=gatekeeper,
             sleep=sleep,
             max_requeues=max_requeues,
@@ -99,6 +105,7 @@ class GenerationService:
         )
         self._waiters: dict[int, list[asyncio.Future[Job]]] = defaultdict(list)
         self._published: dict[int, tuple[int, int]] = {}
+        self._published_at: dict[int, float] = {}
         self._publish_pending = False
         self._stopping = False
 
@@ -320,20 +327,29 @@ class GenerationService:
 
     # -- queue positions ---------------------------------------------------------------------------
     def _queue_changed(self) -> None:
-        """Called by the scheduler on every change; coalesced into one publish per loop turn."""
+        """Called by the scheduler on every change; coalesced into one publish per short while, so
+        a job dispatched at once never flashes "Queued", and a busy queue is not re-edited per move."""
         if self._publish_pending or self._stopping:
             return
         self._publish_pending = True
-        asyncio.get_running_loop().call_soon(self._publish_positions)
+        asyncio.get_running_loop().call_later(POSITION_DEBOUNCE_S, self._publish_positions)
 
     def _publish_positions(self) -> None:
         self._publish_pending = False
+        now = asyncio.get_running_loop().time()
         for job_id, position in self.scheduler.positions().items():
-            # Tell the user only when their place changes (Discord limits edits per interaction).
+            # Tell the user only when their place changes (Discord limits edits per interaction);
+            # far back in a long queue, at most every DISTANT_PLACE_EVERY_S (a burst of edits
+            # for hundreds of waiting jobs on every start would compete with acknowledgements).
             place = (position.guild_position, position.global_position)
-            if self._published.get(job_id) == place:
+            previous = self._published.get(job_id)
+            if previous == place:
+                continue
+            distant = position.guild_position > NEAR_PLACES
+            if previous is not None and distant and now - self._published_at.get(job_id, 0.0) < DISTANT_PLACE_EVERY_S:
                 continue
             self._published[job_id] = place
+            self._published_at[job_id] = now
             self.background.notify(self._report_position(job_id, position))
 
     async def _report_position(self, job_id: int, position: QueuePosition) -> None:
@@ -342,8 +358,12 @@ class GenerationService:
             await self._delivery.queued(job, position)
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _finished(self, job_id: int) -> None:
+    def _forget_position(self, job_id: int) -> None:
         self._published.pop(job_id, None)
+        self._published_at.pop(job_id, None)
+
+    def _finished(self, job_id: int) -> None:
+        self._forget_position(job_id)
         for future in self._waiters.pop(job_id, []):
             if not future.done():
                 self.background.spawn(self._resolve(future, job_id))

@@ -539,3 +539,38 @@ def test_variants_really_differ(settings_for) -> None:
         changed = {f for f in names if getattr(variant.params, f) != getattr(base, f)}
         assert len(changed) == 1, (name, changed)
         assert replace(variant.params, **{f: getattr(base, f) for f in changed}) == base
+
+
+class SlowUploadDelivery(RecordingDelivery):
+    """Discord's upload of one job's image hangs until released."""
+
+    def __init__(self, slow_job: int) -> None:
+        super().__init__()
+        self.slow_job = slow_job
+        self.release = asyncio.Event()
+
+    async def deliver(self, job: Job, image: DownloadedImage) -> None:
+        if job.id == self.slow_job:
+            await self.release.wait()
+        await super().deliver(job, image)
+
+
+async def test_a_cache_hit_decided_at_dispatch_gives_its_permit_back_before_its_upload(
+    settings_for, clock, fake_api: FakeImageApi
+) -> None:
+    """Issue 8.2: a job that turns out to need no upstream call must not hold the upstream's only
+    slot while Discord takes its time with the upload."""
+    settings = settings_for(upstream_concurrency=1)
+    async with running(settings, RecordingDelivery(), clock) as pipeline:
+        await make(pipeline, imagine(settings), member(42), job_id=1)
+    store = await Store.open(settings.database_path)  # left queued by a restart: a hit when it runs
+    await JobStore(store).insert(_queued_copy(2, imagine(settings), 43))
+    await store.close()
+    delivery = SlowUploadDelivery(slow_job=2)
+    async with running(settings, delivery, clock) as pipeline:
+        await asyncio.sleep(0.2)  # job 2 is dispatched first and hangs in its upload
+        other = await pipeline.service.submit(imagine(settings, "a different picture"), member(44))
+        job = await asyncio.wait_for(pipeline.service.wait(other.job_id), 10)  # not stuck behind the upload
+        assert job.state == "delivered" and fake_api.generation_count == 2
+        delivery.release.set()
+        assert (await asyncio.wait_for(pipeline.service.wait(2), 10)).cache_hit

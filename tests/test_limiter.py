@@ -25,7 +25,9 @@ async def start_times(clock: FakeClock, limiter: UpstreamLimiter, n: int) -> lis
 
     async def go() -> None:
         for _ in range(n):
-            (await limiter.acquire()).release()
+            permit = await limiter.acquire()
+            permit.sent()  # the request leaves at once
+            permit.release()
             times.append(clock.now())
 
     task = asyncio.create_task(go())
@@ -103,7 +105,7 @@ async def test_pause_delays_every_start_and_extends_never_shortens():
     await clock.advance(5.0)
     limiter.pause(20.0)  # extends to t0 + 25 while they wait
     await clock.run_until(lambda: all(w.done() for w in waiters))
-    assert [w.result().started_at for w in waiters] == pytest.approx([t0 + 25.0] * 3)
+    assert [w.result().granted_at for w in waiters] == pytest.approx([t0 + 25.0] * 3)
 
 
 async def test_acquire_is_fifo():
@@ -155,9 +157,11 @@ async def test_first_permit_is_used_once():
     gate = limiter.gate(first_permit=first)
     async with gate.attempt() as permit:
         assert permit is first
-    assert first.released
+        permit.sent()
+    assert first.released and gate.sent
     async with gate.attempt() as retry:
         assert isinstance(retry, Permit) and retry is not first
+        retry.sent()
     assert limiter.in_flight == 0 and gate.attempts == 2
     assert limiter.starts_in_last_minute() == 2
 
@@ -166,9 +170,10 @@ async def test_unused_permit_does_not_consume_a_window_slot():
     clock, limiter = make(rpm=1)
     limiter.gate(first_permit=await limiter.acquire()).close()  # never attempted
     assert limiter.starts_in_last_minute() == 0 and limiter.delay_until_ready() == 0
-    (await limiter.acquire()).release(used=False)
+    (await limiter.acquire()).release()  # released without being sent
     assert limiter.starts_in_last_minute() == 0 and limiter.delay_until_ready() == 0
     permit = await asyncio.wait_for(limiter.acquire(), 1)  # granted at once, no fake time passed
+    permit.sent()
     permit.release()
     assert limiter.starts_in_last_minute() == 1
     assert limiter.delay_until_ready() == pytest.approx(60 + MARGIN)
@@ -188,6 +193,7 @@ async def test_release_is_idempotent_and_permit_is_a_context_manager():
 async def test_average_hold_time_tracks_releases():
     clock, limiter = make(expected_hold_s=15.0, hold_alpha=0.5)
     permit = await limiter.acquire()
+    permit.sent()
     await clock.advance(5.0)
     permit.release()
     assert limiter.avg_hold_s == pytest.approx(10.0)
@@ -199,3 +205,60 @@ async def test_delay_until_ready_estimates_a_full_house():
     await clock.advance(5.0)
     assert limiter.delay_until_ready() == pytest.approx(10.0)
     permit.release()
+
+
+# -- a start is what the provider counts: the request leaving (issue 8.2) ------------------------------
+
+
+async def test_a_start_counts_from_when_its_request_leaves_not_from_the_grant():
+    """Jobs wait between their permit and their request (a read, the store's write lock). The
+    provider counts arrivals, so the windows must hold for the moments the requests leave."""
+    clock, limiter = make(concurrency=4, rpm=120)  # 2 per second
+    sends: list[float] = []
+    waits = [0.6, 0.6, 0.0, 0.0, 0.3, 0.0, 0.6, 0.1, 0.0, 0.0]
+
+    async def job(wait: float) -> None:
+        async with limiter.gate().attempt() as permit:
+            await clock.sleep(wait)  # reading the job, waiting for the store
+            permit.sent()
+            sends.append(clock.now())
+            await clock.sleep(0.2)  # the generation
+
+    tasks = [asyncio.create_task(job(wait)) for wait in waits]
+    await clock.run_until(lambda: all(t.done() for t in tasks))
+    assert len(sends) == len(waits)
+    assert most_in_window(sends, 1.0 + MARGIN) == 2
+
+
+async def test_a_permit_not_yet_sent_counts_as_starting_now():
+    clock, limiter = make(rpm=60)  # 1 per second
+    first = await limiter.acquire()
+    second = asyncio.create_task(limiter.acquire())
+    await clock.advance(5.0)
+    assert not second.done()  # the first may leave at any moment: it holds the second's slot
+    first.sent()
+    await clock.settle()
+    assert not second.done()  # it left just now: the next start is a second (and margin) away
+    await clock.advance(1.0 + MARGIN)
+    assert second.done()
+
+
+async def test_a_permit_released_unsent_frees_its_window_slot_at_once():
+    clock, limiter = make(rpm=60)
+    first = await limiter.acquire()
+    second = asyncio.create_task(limiter.acquire())
+    await clock.settle()
+    first.release()  # e.g. the job turned out to be a cache hit
+    await clock.settle()
+    assert second.done()
+
+
+async def test_the_gate_knows_whether_a_request_left():
+    clock, limiter = make()
+    gate = limiter.gate(first_permit=await limiter.acquire())
+    assert not gate.sent
+    async with gate.attempt() as permit:
+        assert not gate.sent
+        permit.sent()
+        assert gate.sent  # in flight: the provider may be generating (and billing) it
+    assert gate.sent

@@ -71,10 +71,21 @@ _NEVER_SENT = (
 )
 
 
+class SendStamp(Protocol):
+    """Told the moment the request is handed to the network (the start the provider counts)."""
+
+    def sent(self) -> None: ...
+
+
 class Gate(Protocol):
     """Wraps one upstream attempt (the scheduler's limiter implements it)."""
 
-    def attempt(self) -> AbstractAsyncContextManager[None]: ...
+    def attempt(self) -> AbstractAsyncContextManager[SendStamp]: ...
+
+
+class _Unstamped:
+    def sent(self) -> None:
+        pass
 
 
 class OpenGate:
@@ -82,7 +93,18 @@ class OpenGate:
 
     @asynccontextmanager
     async def attempt(self):  # type: ignore[override]
-        yield
+        yield _Unstamped()
+
+
+def _stamp_when_sent(stamp: SendStamp) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
+    """An httpcore trace hook: stamps the start as the request's headers start to go out, after
+    any wait for a pooled connection or a TCP/TLS connect, which the provider does not see."""
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        if event.endswith("send_request_headers.started"):
+            stamp.sent()
+
+    return trace
 
 
 class ImageClient:
@@ -116,8 +138,8 @@ class ImageClient:
         retries = 0
         while True:
             try:
-                async with gate.attempt():
-                    return await self._attempt(request)
+                async with gate.attempt() as stamp:
+                    return await self._attempt(request, stamp)
             except UpstreamError as error:
                 if not should_retry(error, retries, self._policy):
                     raise
@@ -133,13 +155,20 @@ class ImageClient:
                 )
                 await self._sleep(delay)
 
-    async def _attempt(self, request: ImageRequest) -> ImageResponse:
+    async def _attempt(self, request: ImageRequest, stamp: SendStamp) -> ImageResponse:
         headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
         body = request.to_dict(self._shape)
         try:
             # An overall deadline on top of httpx's per-phase timeouts.
             async with asyncio.timeout(self._timeout_s + 5):
-                response = await self._http.post(self._url, json=body, headers=headers, timeout=self._timeout)
+                response = await self._http.post(
+                    self._url,
+                    json=body,
+                    headers=headers,
+                    timeout=self._timeout,
+                    extensions={"trace": _stamp_when_sent(stamp)},
+                )
+            stamp.sent()  # a no-op once traced; a late (so cautious) stamp for transports that do not trace
         except _NEVER_SENT as exc:
             raise ServerError(f"could not reach the image API ({type(exc).__name__})") from None
         except (httpx.TimeoutException, TimeoutError):

@@ -38,13 +38,19 @@ class SleepRecorder:
 
 
 class CountingGate:
+    """Counts attempts, and how many requests were stamped as handed to the network."""
+
     def __init__(self) -> None:
         self.attempts = 0
+        self.stamps = 0
 
     @asynccontextmanager
     async def attempt(self):
         self.attempts += 1
-        yield
+        yield self
+
+    def sent(self) -> None:
+        self.stamps += 1
 
 
 @pytest.fixture
@@ -221,6 +227,20 @@ async def test_every_attempt_passes_the_gate(http, fake_api: FakeImageApi) -> No
     fake_api.script(Reply.error(500), Reply.error(429, retry_after=0))
     await client.generate(REQUEST, gate=gate)
     assert gate.attempts == 3
+    assert gate.stamps >= 3  # each request was stamped as it left (once by the trace, then confirmed)
+
+
+async def test_a_request_is_stamped_as_it_leaves_and_never_when_it_could_not_be_sent(http) -> None:
+    """The limiter counts starts when the request is handed to the network: a connection that
+    never opened sent nothing, and counts for nothing."""
+    with socket.socket() as probe:  # a port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client, _ = make_client(http, f"http://127.0.0.1:{port}/v1", policy=RetryPolicy(max_retries=0))
+    gate = CountingGate()
+    with pytest.raises(ServerError):
+        await client.generate(REQUEST, gate=gate)
+    assert (gate.attempts, gate.stamps) == (1, 0)
 
 
 async def test_wrong_key_is_authentication_failed(http, fake_api: FakeImageApi) -> None:
