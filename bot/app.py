@@ -125,10 +125,18 @@ class ImagineBot(commands.Bot):
     async def on_ready(self) -> None:
         log.info("connected as %s in %d server(s)", self.user, len(self.guilds))
 
+    def force_stop(self) -> None:
+        """A second signal: abandon requests in flight instead of waiting for them."""
+        if self.pipeline is not None:
+            self.pipeline.service.force_stop()
+
     async def close(self) -> None:
         if self.pipeline is not None and not self._closing:
             self._closing = True
-            log.info("stopping: running generations may finish (up to %g s)", self.settings.shutdown_grace_s)
+            log.info(
+                "stopping: requests already sent upstream finish (a second signal forces); deliveries get %g s",
+                self.settings.shutdown_grace_s,
+            )
             # new requests are refused ("restarting") while running ones finish and deliver
             await self.pipeline.close()
         await super().close()
@@ -145,10 +153,18 @@ async def serve(settings: Settings) -> int:
     assert settings.discord_token is not None
     point_at_discord(settings)
     stop = asyncio.Event()
+    bot = ImagineBot(settings)
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            stop.set()  # graceful: requests already sent upstream finish first
+            return
+        log.warning("second signal: stopping now; each request in flight may be generated once more after restart")
+        bot.force_stop()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    bot = ImagineBot(settings)
+        loop.add_signal_handler(signum, on_signal)
     async with bot:
         running = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
         stopping = asyncio.create_task(stop.wait())

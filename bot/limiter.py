@@ -268,6 +268,8 @@ class Gate:
         #: how many ``RateLimited`` went through this gate (each one paused the limiter)
         self.rate_limited = 0
         self._sent = False
+        #: no request will be made any more (a cache hit, or only the delivery is left)
+        self.closed = False
 
     @property
     def sent(self) -> bool:
@@ -293,7 +295,8 @@ class Gate:
             permit.release()
 
     def close(self) -> None:
-        """Give back a first permit no attempt used (it never counted as a start)."""
+        """Nothing more to send: give back a first permit no attempt used (it never counted)."""
+        self.closed = True
         if self._first is not None:
             self._first.release()
             self._first = None

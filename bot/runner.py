@@ -100,19 +100,15 @@ class JobRunner:
             await self.fail(job, exc)
 
     async def _generate(self, job: Job, gate: Gate) -> Job | None:
-        if not await self.jobs.mark_submitting(job.id):
-            return None
-        self._background.notify(self._delivery.started(job))
-        request = ImageRequest(
-            model=job.model,
-            prompt=job.prompt,
-            size=job.size,
-            negative_prompt=job.negative_prompt,
-            prompt_extend=job.prompt_extend,
-            watermark=job.watermark,
-        )
         try:
-            response = await self._client.generate(request, gate=gate)
+            if not await self.jobs.mark_submitting(job.id):
+                return None
+            self._background.notify(self._delivery.started(job))
+            response = await self._client.generate(_image_request(job), gate=gate)
+        except asyncio.CancelledError:
+            if not gate.sent:  # stopped before its request left: back to the queue, the attempt uncounted
+                await asyncio.shield(self.jobs.mark_queued_again(job.id))
+            raise
         except RateLimited as exc:
             self._requeues[job.id] += 1
             if self._requeues[job.id] <= self._max_requeues:
@@ -162,8 +158,10 @@ class JobRunner:
             try:
                 await self._delivery.deliver(job, image)
                 break
-            except DeliveryError as exc:
-                if not exc.retryable or attempt == self.DELIVERY_RETRIES:
+            except Exception as exc:  # a bug on our side of the delivery is retried like Discord's 5xx
+                if not isinstance(exc, DeliveryError):
+                    log.exception("job %s: unexpected error while delivering", job.id)
+                if (isinstance(exc, DeliveryError) and not exc.retryable) or attempt == self.DELIVERY_RETRIES:
                     log.warning("job %s: delivery failed for good: %s", job.id, exc)
                     await self.fail(job, ImagineError(messages.DELIVERY_FAILED))
                     return
@@ -173,7 +171,10 @@ class JobRunner:
             await self.jobs.mark_delivered(job.id, cost_fen=0, refund_scopes=await self._hit_refunds(job))
         else:
             await self.jobs.mark_delivered(job.id, cost_fen=self._settings.price_per_image_fen)
-        await self._release_image(sha256)
+        try:  # housekeeping: the user has the image and it is paid for, whatever happens here
+            await self._release_image(sha256)
+        except Exception:
+            log.exception("job %s: delivered, but its image file could not be released", job.id)
         self._finish(job.id)
 
     # -- the result cache and shared flights -----------------------------------------------------
@@ -237,9 +238,16 @@ class JobRunner:
             await self._images.delete(sha256)
 
     async def deliver_by_id(self, job_id: int) -> None:
+        """A delivery of its own (a cache hit, a follower, a job resumed after a restart): nothing
+        escapes it, so a job can never be left `generated` silently."""
         job = await self.jobs.get(job_id)
-        if job is not None and job.state == "generated":
+        if job is None or job.state != "generated":
+            return
+        try:
             await self.deliver(job)
+        except Exception as exc:
+            log.exception("job %s: delivery failed unexpectedly", job_id)
+            await self.fail(job, exc)
 
     async def _image_for(self, job: Job) -> tuple[DownloadedImage, str]:
         """The stored bytes if we have them, else a fresh download of the URL (then stored)."""
@@ -259,6 +267,10 @@ class JobRunner:
         job = await self._reload(job)  # the current row, with its reply token (erased by mark_failed)
         request_id = getattr(error, "request_id", None)
         code = type(error).__name__
+        if job.finished:  # e.g. delivered and charged: a late error must never reach the user
+            log.error("job %s: %s after it was %s: %s (the user keeps the result)", job.id, code, job.state, error)
+            self._finish(job.id)
+            return
         log.warning(
             "job %s failed: %s: %s (request_id=%s)",
             job.id,
@@ -269,12 +281,14 @@ class JobRunner:
         hint = messages.operator_hint(error)
         if hint:
             log.error("operator action needed: %s", hint)
-        await self.jobs.mark_failed(
+        if not await self.jobs.mark_failed(
             job.id,
             error_code=code,
             error_message=str(getattr(error, "message", error)),
             request_id=request_id,
-        )
+        ):  # it finished meanwhile
+            self._finish(job.id)
+            return
         if job.image_sha256:
             await self._release_image(job.image_sha256)
         for follower in self._sharing.land(job.id):  # identical requests waiting on this one fail alike
@@ -299,3 +313,14 @@ class JobRunner:
 
     async def _reload(self, job: Job) -> Job:
         return await self.jobs.get(job.id) or job
+
+
+def _image_request(job: Job) -> ImageRequest:
+    return ImageRequest(
+        model=job.model,
+        prompt=job.prompt,
+        size=job.size,
+        negative_prompt=job.negative_prompt,
+        prompt_extend=job.prompt_extend,
+        watermark=job.watermark,
+    )

@@ -101,10 +101,10 @@ class Scheduler:
         self._running: dict[int, _Running] = {}
         self._reservations: set[Reservation] = set()  # few, short-lived: counted by scanning
         self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._running_changed = asyncio.Event()  # a running job ended (or stop was forced)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._forced = False
         self._restart_delay_s = restart_delay_s
         self._max_restart_delay_s = max_restart_delay_s
         self._unhealthy_after = max(1, unhealthy_after)
@@ -226,24 +226,52 @@ class Scheduler:
             self._task = asyncio.get_running_loop().create_task(self._supervise(), name="dispatch")
 
     async def stop(self, grace_s: float) -> list[QueueItem]:
-        """Stop dispatching; give running jobs ``grace_s`` to end, cancel the rest.
+        """Stop dispatching, and end the running jobs without paying twice.
 
-        Returns the jobs still waiting, in dispatch order (they remain durable elsewhere).
+        A job whose request has not left yet is cancelled at once (its runner puts it back in
+        the queue, uncounted). One whose request is with the provider runs to completion,
+        whatever the grace: cancelled, it would be generated, and billed, again after the
+        restart. Only ``force()`` (a second signal) cancels those. One with nothing more to send
+        (delivering a result) gets ``grace_s``, or until the requests in flight are done if
+        that is later. Returns the jobs still waiting, in
+        dispatch order (they remain durable elsewhere).
         """
         self._stopping = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        if self._running:
-            await wait_event(self._idle, grace_s, self._clock)
-        tasks = [r.task for r in self._running.values()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            log.warning("cancelled %d running job(s) at shutdown", len(tasks))
-            await asyncio.gather(*tasks, return_exceptions=True)
+        self._cancel([r for r in self._running.values() if not r.gate.sent and not r.gate.closed], "not yet sent")
+        deadline = self._clock.now() + grace_s
+        while self._running and not self._forced:
+            sending = [r for r in self._running.values() if r.gate.sent]
+            left = deadline - self._clock.now()
+            if not sending and left <= 0:
+                break
+            if sending:
+                log.info("stopping: waiting for %d request(s) already sent upstream", len(sending))
+            self._running_changed.clear()
+            await wait_event(self._running_changed, None if sending else left, self._clock)
+        await self._cancel_and_wait(list(self._running.values()), "at shutdown")
         return self.waiting()
+
+    def force(self) -> None:
+        """Cancel every running job now, requests in flight included (a second signal)."""
+        self._forced = True
+        self._stopping = True
+        self._cancel(list(self._running.values()), "forced: requests in flight may be generated again")
+        self._running_changed.set()
+
+    def _cancel(self, runs: list[_Running], why: str) -> None:
+        for run in runs:
+            run.task.cancel()
+        if runs:
+            log.warning("cancelled running job(s) %s (%s)", ", ".join(str(r.item.job_id) for r in runs), why)
+
+    async def _cancel_and_wait(self, runs: list[_Running], why: str) -> None:
+        self._cancel(runs, why)
+        if runs:
+            await asyncio.gather(*(r.task for r in runs), return_exceptions=True)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -315,7 +343,6 @@ class Scheduler:
                 run.close()
             raise
         self._running[item.job_id] = _Running(item, gate, task, started_at)
-        self._idle.clear()
         # A done-callback (not a wrapper coroutine) also runs for a task cancelled before it started.
         task.add_done_callback(lambda t: self._finished(item.job_id, t))
 
@@ -331,8 +358,7 @@ class Scheduler:
             self._changed()
         elif exc is not None:
             log.error("job %d failed", job_id, exc_info=exc)
-        if not self._running:
-            self._idle.set()
+        self._running_changed.set()
 
     def _push(self, item: QueueItem, front: bool) -> None:
         self._queue.push(item, front=front)

@@ -6,8 +6,9 @@ cache, or lets it follow an identical request already in flight. The scheduler r
 through `JobRunner` (bot/runner.py) under the upstream limiter. A `Delivery` (the CLI's file
 writer, or the Discord layer) is told about every step.
 
-Nothing lost, nothing twice: after a restart `resume()` re-queues queued jobs in order,
-resubmits a job caught mid-request at most once, and only re-delivers generated jobs.
+Nothing lost, paid once: a graceful stop lets requests already sent upstream finish; after a
+restart `resume()` re-queues queued jobs in order, resubmits a job caught mid-request by a crash
+at most once (the only way to pay for an image twice), and only re-delivers generated jobs.
 """
 
 from __future__ import annotations
@@ -116,12 +117,21 @@ class GenerationService:
             await self.resume()
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Stop accepting; let running jobs finish within the grace; the rest stays queued in the store."""
+        """Stop accepting. Requests already sent upstream run to completion (their images stored
+        and delivered); deliveries get the grace; the rest stays queued in the store."""
         self._stopping = True
         grace = self._settings.shutdown_grace_s if grace_s is None else grace_s
         waiting = await self.scheduler.stop(grace)
         await self.background.drain(grace)
         log.info("service stopped; %d job(s) left queued in the store", len(waiting))
+
+    def force_stop(self) -> None:
+        """Stop now (a second signal): requests in flight are abandoned, so each may be generated
+        (and billed) once more after the restart."""
+        self._stopping = True
+        self.scheduler.force()
+        for task in list(self.background.tasks):
+            task.cancel()
 
     async def resume(self) -> int:
         """Pick up every unfinished job from the store (after a restart). Returns how many."""

@@ -245,25 +245,57 @@ async def test_on_change_is_called_and_observer_errors_are_contained(caplog):
     assert "observer" in caplog.text
 
 
-async def test_stop_waits_within_grace_cancels_the_rest_and_returns_waiting():
-    h = Harness(concurrency=2)
-    quick, slow = h.add("A", "a"), h.add("B", "b")
-    rest = [h.add("C", "c"), h.add("A", "a")]
+async def test_stop_lets_sent_requests_finish_gives_deliveries_the_grace_and_cancels_unsent_at_once():
+    """Pay once: a request with the provider runs to completion whatever the grace (cancelled, it
+    would be generated and billed again after the restart); a delivery gets the grace (and more
+    while the bot waits anyway); a job whose request has not left is cancelled at once (it goes
+    back to the queue)."""
+    h = Harness(concurrency=3)
+    events: list[tuple[str, float]] = []
 
-    async def sleep(seconds: float) -> None:
-        await h.clock.sleep(seconds)
+    async def runner(item: QueueItem, gate: Gate) -> None:
+        try:
+            if item.job_id == sent.job_id:
+                async with gate.attempt() as permit:
+                    permit.sent()
+                    await h.clock.sleep(100.0)  # a slow generation
+            elif item.job_id == delivering.job_id:
+                gate.close()  # a cache hit: nothing to send, only the upload
+                await h.clock.sleep(100.0)
+            else:
+                await h.clock.sleep(100.0)  # still preparing its request
+            events.append(("finished", h.clock.now() - t0))
+        except asyncio.CancelledError:
+            events.append((f"cancelled {item.job_id}", h.clock.now() - t0))
+            raise
 
-    h.once[quick.job_id] = lambda: sleep(5.0)
-    h.once[slow.job_id] = lambda: sleep(100.0)
+    h.scheduler = Scheduler(h.limiter, runner, clock=h.clock)
+    sent, delivering, unsent = h.add("A", "a"), h.add("B", "b"), h.add("C", "c")
+    also_unsent = h.add("D", "d")  # dispatched as soon as the delivering job gave its permit back
+    rest = [h.add("E", "e")]
+    t0 = h.clock.now()
     h.scheduler.start()
     await h.clock.settle()
-    t0 = h.clock.now()
     stopping = asyncio.create_task(h.scheduler.stop(grace_s=10.0))
     await h.clock.run_until(stopping.done)
-    assert h.clock.now() - t0 == pytest.approx(10.0)
+    assert sorted(events[:2]) == [(f"cancelled {unsent.job_id}", 0.0), (f"cancelled {also_unsent.job_id}", 0.0)]
+    # the delivery keeps going while the bot waits for the request in flight anyway; then the grace is over
+    assert events[2:] == [("finished", 100.0), (f"cancelled {delivering.job_id}", 100.0)]
     assert stopping.result() == rest
-    assert h.finished == [quick.job_id] and h.cancelled == [slow.job_id]
-    assert h.scheduler.running("B") == [] and h.limiter.in_flight == 0
+    assert h.limiter.in_flight == 0
+
+
+async def test_force_cancels_even_a_request_in_flight():
+    h = Harness(hold=1000.0)
+    h.add("A", "a")
+    h.scheduler.start()
+    await h.clock.settle()
+    stopping = asyncio.create_task(h.scheduler.stop(grace_s=1.0))
+    await h.clock.advance(50.0)
+    assert not stopping.done()  # its request is with the provider
+    h.scheduler.force()
+    await h.clock.run_until(stopping.done)
+    assert h.cancelled == [1] and h.limiter.in_flight == 0
 
 
 async def test_stop_returns_as_soon_as_running_jobs_end():

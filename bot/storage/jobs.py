@@ -2,7 +2,8 @@
 
 States: queued -> submitting -> generated -> delivered, or failed from any of them.
 `generated` is written (image URL and request id) before anything else is done with the
-image, so a restart only downloads and delivers again and never pays twice.
+image, so a restart only downloads and delivers again, never generates again (only a job caught
+mid-request by a crash is resubmitted, once).
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ class BotProcesses:
             }
         )
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, **env: str) -> subprocess.Popen[bytes]:
         """Start a bot and wait until it has identified with the fake gateway and got its guilds."""
         identifies = self.discord.identify_count
         log = self.tmp_path / f"bot-{len(self.logs)}.stderr"
@@ -64,7 +64,7 @@ class BotProcesses:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bot", "run"],
                 cwd=self.tmp_path,
-                env=self.env(),
+                env={**self.env(), **env},
                 stdin=subprocess.DEVNULL,
                 stdout=err,
                 stderr=subprocess.STDOUT,
@@ -231,3 +231,40 @@ def test_sigterm_finishes_the_running_job_keeps_the_rest_queued_and_the_next_sta
     assert all(len(image_edits(fake_discord, one)) == 1 for one in sent)
     assert fake_api.generation_count == 4 and len(fake_api.requests) == 4  # nothing generated twice
     assert_no_secret_in_logs(bots)
+
+
+def test_sigterm_lets_a_slow_generation_already_sent_finish_past_the_grace(
+    bots: BotProcesses, fake_discord: FakeDiscord, fake_api: FakeImageApi
+) -> None:
+    """SHUTDOWN_GRACE_S (1 s here) is shorter than the generation: cancelling it would have it
+    generated, and billed, again after the restart. It is delivered before the bot exits."""
+    fake_api.latency_s = 3.0
+    first = bots.start(SHUTDOWN_GRACE_S="1")
+    [sent] = push_jobs(fake_discord, users=1, per_user=1)
+    fake_discord.wait_for_sync(lambda _: in_flight(fake_api), timeout=30)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=40) == 0
+    row = job_rows(bots.tmp_path)[sent.id]
+    assert (row["state"], row["attempts"], row["cost_fen"]) == ("delivered", 1, PRICE_FEN)
+    assert len(image_edits(fake_discord, sent)) == 1
+    assert fake_api.generation_count == 1
+
+
+def test_a_second_sigterm_stops_at_once_and_the_request_is_resubmitted_once(
+    bots: BotProcesses, fake_discord: FakeDiscord, fake_api: FakeImageApi
+) -> None:
+    fake_api.latency_s = 20.0
+    first = bots.start()
+    [sent] = push_jobs(fake_discord, users=1, per_user=1)
+    fake_discord.wait_for_sync(lambda _: in_flight(fake_api), timeout=30)
+    first.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    assert first.poll() is None  # waiting for the request in flight
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=10) == 0
+    assert job_rows(bots.tmp_path)[sent.id]["state"] == "submitting"
+    fake_api.latency_s = 0.2
+    bots.start()
+    rows = wait_until_all(bots, [sent], ("delivered", "failed"))
+    assert (rows[sent.id]["state"], rows[sent.id]["attempts"]) == ("delivered", 2)
+    assert len(image_edits(fake_discord, sent)) == 1
