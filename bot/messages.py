@@ -20,6 +20,10 @@ from bot.imaging.errors import (
 )
 
 NOT_CHARGED = "Nothing was charged."
+STALLED = (
+    "Image generation is stalled right now and new requests would only wait; the bot's operators have been "
+    "alerted. Try again in a few minutes."
+)
 
 
 def describe(error: BaseException) -> str:

@@ -169,6 +169,8 @@ class GenerationService:
         """
         if self._stopping:
             raise ShuttingDown("The bot is restarting; try again in a minute.")
+        if not self.scheduler.healthy:  # jobs would only wait in a queue nothing takes from
+            raise LimitReached(messages.STALLED, limit="stalled")
         job_id = job_id if job_id is not None else new_local_id()
         if await self.jobs.get(job_id) is not None:
             log.info("job %s exists already (a replayed interaction): nothing new queued", job_id)

@@ -11,6 +11,7 @@ import pytest
 
 from bot.config import Settings
 from bot.contracts import Requester
+from bot.errors import LimitReached
 from bot.imaging.download import DownloadedImage
 from bot.pipeline import Pipeline
 from bot.requests import RequestBuilder
@@ -172,3 +173,33 @@ async def test_forcing_a_stop_cancels_a_request_in_flight(
     assert not closing.done()  # waiting for the request in flight
     pipeline.service.force_stop()  # the second signal
     await asyncio.wait_for(closing, 5)
+
+
+# -- 5. a stalled dispatch loop is impossible to miss ------------------------------------------------
+
+
+async def test_while_the_dispatch_loop_keeps_failing_new_requests_are_refused_clearly(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    pipeline = await started(settings, RecordingDelivery())
+    try:
+
+        async def broken_acquire():
+            raise RuntimeError("the limiter is broken")
+
+        scheduler = pipeline.service.scheduler
+        scheduler._limiter.acquire = broken_acquire  # type: ignore[method-assign]
+        scheduler._restart_delay_s = scheduler._max_restart_delay_s = 0.01
+        await pipeline.service.submit(imagine(settings, "the first one"), USER)  # wakes the loop: it fails
+        for _ in range(500):
+            if not scheduler.healthy:
+                break
+            await asyncio.sleep(0.01)
+        assert not scheduler.healthy
+        with pytest.raises(LimitReached) as refused:
+            await pipeline.service.submit(imagine(settings, "the second one"), OTHER)
+        assert refused.value.limit == "stalled" and "operators have been alerted" in refused.value.message
+    finally:
+        pipeline.service.force_stop()
+        await pipeline.close(grace_s=0.1)
