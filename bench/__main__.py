@@ -2,8 +2,10 @@
 
 import asyncio
 
-from bench import ack_latency, cache_hit
+from bench import ack_latency, cache_hit, saturation
 
 asyncio.run(ack_latency.run(requests=200, rate=50.0))
 print()
 asyncio.run(cache_hit.run(requests=40, latency=2.0))
+print()
+saturation.run()

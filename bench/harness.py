@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import urllib.request
 from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
 
 from bot.config import Settings, load_settings
 
@@ -51,3 +55,53 @@ def bench_settings(image_base: str, **overrides: object) -> Settings:
         **overrides,
     }
     return load_settings(**values)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment variables that give `python -m bot` these settings (the values set explicitly)."""
+    env: dict[str, str] = {}
+    for name in settings.model_fields_set:
+        value = getattr(settings, name)
+        if value is None:
+            if Settings.model_fields[name].default is None:
+                continue  # unset is the default already
+            text = "none"  # a limit turned off
+        elif isinstance(value, SecretStr):
+            text = value.get_secret_value()
+        elif isinstance(value, tuple):
+            text = ",".join(value)
+        else:
+            text = str(value)
+        env[name.upper()] = text
+    return env
+
+
+def start_bot(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    """`python -m bot run` in a process of its own, configured only through its environment.
+
+    It runs in the folder of its database (no `.env` there), with this checkout first on its path;
+    any setting inherited from our own environment is dropped. Its log goes to `log_path`.
+    """
+    env = {key: value for key, value in os.environ.items() if key.lower() not in Settings.model_fields}
+    env.update(settings_env(settings), PYTHONPATH=str(ROOT))
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bot", "run"],
+            cwd=settings.database_path.parent,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop(process: subprocess.Popen[Any], timeout: float = 20.0) -> int:
+    """SIGTERM, then SIGKILL if it has not ended within `timeout`; its return code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode

@@ -12,9 +12,10 @@ method is thread-safe. See /work/shared/docs/discord-wire.md for the wire traps 
     sent = fake.send_slash("imagine", {"prompt": "a cat"})
     msg = await fake.wait_for(lambda f: f.original_message(sent.id))
 
-Standalone (benchmarks): ``python -m tests.fakes.fake_discord [--port 0]`` prints
+Standalone (benchmarks): ``python -m tests.fakes.fake_discord [--port 0] [--guilds 1]`` prints
 ``FAKE_DISCORD <api_base> <gateway_url>`` and serves until SIGTERM; push interactions with
-``POST /_control/slash`` / ``/_control/click`` and read ``GET /_control/messages`` / ``/_control/state``.
+``POST /_control/slash`` / ``/_control/click`` and read ``GET /_control/messages`` / ``/_control/state``
+(which lists the guilds' ids: ``--guilds N`` announces N guilds to the bot instead of one).
 """
 
 from __future__ import annotations
@@ -632,10 +633,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--token", default="fake-bot-token")
     parser.add_argument("--application-id", type=int, default=None)
     parser.add_argument("--max-recorded-requests", type=int, default=10000)
+    parser.add_argument("--guilds", type=int, default=1, help="how many guilds the bot is in (each with 2 channels)")
     args = parser.parse_args(argv)
     fake = FakeDiscord(
         args.token,
         args.application_id,
+        guilds=[FakeGuild(name="Fake Guild" if n == 0 else f"Fake Guild {n + 1}") for n in range(max(1, args.guilds))],
         host=args.host,
         port=args.port,
         max_recorded_requests=args.max_recorded_requests,

@@ -6,6 +6,10 @@ the generated images itself under ``/files/``, and can be scripted to misbehave 
 hostile downloads, dropped or hanging connections). It can also enforce rate and concurrency
 limits, so a benchmark can prove the bot's own limiter never earns a 429.
 
+``GET /_stats`` (for benchmarks that run the fake as a process of its own) answers with the
+counters, the start time (on the fake's clock) of every generation it admitted, and the time of
+every 429 its limits sent.
+
 It runs on its own thread and loop (``LoopbackServer``); every public method and property is
 safe to use from the test's thread.
 """
@@ -167,6 +171,8 @@ class _State:
     requests: list[RecordedRequest] = field(default_factory=list)
     downloads: list[str] = field(default_factory=list)
     starts: collections.deque[float] = field(default_factory=collections.deque)
+    admitted: list[float] = field(default_factory=list)  # every admitted start, never pruned
+    refused: list[float] = field(default_factory=list)  # when each rate/concurrency 429 was sent
     generation_count: int = 0
     rate_limited_count: int = 0
     in_flight: int = 0
@@ -206,6 +212,7 @@ class FakeImageApi:
         app = web.Application()
         app.router.add_post("/v1/images/generations", self._handle_generation)
         app.router.add_get("/files/{name}", self._handle_file)
+        app.router.add_get("/_stats", self._handle_stats)
         self._server = LoopbackServer(app, host=host, port=port)
         self._running = False
 
@@ -281,6 +288,30 @@ class FakeImageApi:
         with self._lock:
             return len(self._state.script)
 
+    @property
+    def admitted_starts(self) -> list[float]:
+        """When each admitted generation started (the fake's clock, seconds), oldest first."""
+        with self._lock:
+            return list(self._state.admitted)
+
+    def stats(self) -> dict[str, Any]:
+        """The counters and the admitted start times, as ``GET /_stats`` answers them."""
+        with self._lock:
+            state = self._state
+            return {
+                "now": self._clock(),
+                "requests": len(state.requests),
+                "generation_count": state.generation_count,
+                "rate_limited_count": state.rate_limited_count,
+                "in_flight": state.in_flight,
+                "max_in_flight": state.max_in_flight,
+                "starts": list(state.admitted),
+                "rate_limited_at": list(state.refused),
+            }
+
+    async def _handle_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
     # -- generation endpoint ---------------------------------------------------------------------
     async def _handle_generation(self, request: web.Request) -> web.StreamResponse:
         request_id = str(uuid.uuid4())
@@ -316,6 +347,7 @@ class FakeImageApi:
             admitted = self._admit()
             if not admitted:
                 self._state.rate_limited_count += 1
+                self._state.refused.append(self._clock())
             reply = self._state.script.popleft() if admitted and self._state.script else Reply.ok()
         if not admitted:
             return web.json_response(_envelope(429, _DEFAULT_MSGS[429]), status=429, headers={"Retry-After": "1"})
@@ -378,6 +410,7 @@ class FakeImageApi:
             if len(state.starts) >= self.rpm_limit or last_second >= math.ceil(self.rpm_limit / 60):
                 return False
         state.starts.append(now)
+        state.admitted.append(now)
         return True
 
     async def _play(

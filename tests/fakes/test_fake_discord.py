@@ -404,3 +404,28 @@ async def test_standalone_process() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_standalone_process_with_more_guilds() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.fakes.fake_discord",
+        "--guilds",
+        "3",
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode().split()
+        root = line[1].removesuffix("/api/v10")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{root}/_control/state") as resp:
+                guilds = (await resp.json())["guilds"]
+            assert len({g["id"] for g in guilds}) == 3 and all(len(g["channel_ids"]) == 2 for g in guilds)
+            body = {"name": "x", "guild_id": int(guilds[2]["id"])}
+            async with http.post(f"{root}/_control/slash", data=json.dumps(body)) as resp:
+                assert resp.status == 409  # a known guild: refused only because no bot is connected
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0

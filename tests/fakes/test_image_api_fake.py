@@ -351,6 +351,22 @@ def test_rpm_limit_spreads_starts_over_each_second(fake, client):
     assert fake.rate_limited_count == 4
 
 
+def test_stats_list_every_admitted_start_and_every_429(fake, client):
+    now = [1000.0]
+    fake._clock = lambda: now[0]
+    fake.rpm_limit = 120  # 2 starts in any second
+    assert [client.post(GEN, json=simple_body()).status_code for _ in range(3)] == [200, 200, 429]
+    now[0] += 61.0  # the rate log forgets them; the stats do not
+    assert client.post(GEN, json=simple_body()).status_code == 200
+    stats = httpx.get(fake.url + "/_stats", timeout=10).json()
+    assert stats["starts"] == fake.admitted_starts == [1000.0, 1000.0, 1061.0]
+    assert stats["rate_limited_at"] == [1000.0]
+    assert (stats["generation_count"], stats["rate_limited_count"], stats["requests"]) == (3, 1, 4)
+    assert (stats["now"], stats["in_flight"], stats["max_in_flight"]) == (1061.0, 0, 1)
+    fake.reset()
+    assert fake.stats()["starts"] == [] and fake.stats()["rate_limited_at"] == []
+
+
 async def test_concurrency_limit_refuses_with_429(fake):
     fake.concurrency_limit = 1
     fake.script(Reply.hang())
