@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     upstream_max_retries: int = Field(2, ge=0, le=10)
     #: longest Retry-After we honour before failing the attempt back to the scheduler
     upstream_retry_after_cap_s: float = Field(60.0, gt=0)
+    #: added to each rate window: starts are stamped as the request leaves, so this only has to
+    #: cover how much the request's transit time varies between two requests
+    upstream_window_margin_ms: int = Field(15, ge=0, le=1000)
 
     # -- input and output bounds --------------------------------------------------------------
     prompt_max_chars: int = Field(800, ge=1, le=10_000)

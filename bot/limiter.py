@@ -12,7 +12,7 @@ is handed to the network (``Permit.sent()``, called by the image client as the r
 headers start to go out), not when the permit is granted: between the two a job reads its row
 and waits for the store's write lock, sometimes for hundreds of milliseconds. A permit granted
 but not yet sent counts as starting *now* (it may leave at any moment), and one released without
-being sent never counted. ``margin_s`` (default 50 ms) is then only what is left between our
+being sent never counted. ``margin_s`` (UPSTREAM_WINDOW_MARGIN_MS) is then only what is left between our
 stamp and the provider's clock: the request's transit, and jitter between the two clocks' views.
 
 A 429 pauses every start (``pause``), not just the job that saw it. Waiters are served FIFO:
@@ -192,11 +192,6 @@ class UpstreamLimiter:
 
     def gate(self, first_permit: Permit | None = None) -> Gate:
         return Gate(self, first_permit)
-
-    async def close(self) -> None:
-        """Write what the shared budget still owes the store (stamps and releases)."""
-        if self._shared is not None:
-            await self._shared.flush()
 
     # -- what the shared budget reads of this process ---------------------------------------
 

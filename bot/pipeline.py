@@ -37,7 +37,7 @@ class Pipeline:
     http: httpx.AsyncClient
     service: GenerationService
     admin: GuildAdmin
-    limiter: UpstreamLimiter
+    budget: SharedBudget
 
     @property
     def jobs(self) -> JobStore:
@@ -56,6 +56,13 @@ class Pipeline:
         settings.require("NEBULA_API_KEY")
         clock = clock or SystemClock()
         store = await Store.open(settings.database_path, clock=wall_clock)
+        try:
+            # One upstream budget for every process on this store (the bot, the CLI beside it):
+            # the provider's limits are per account.
+            budget = await SharedBudget.open(settings.database_path)
+        except BaseException:
+            await store.close()
+            raise
         # One HTTP client for the process (connection reuse); timeouts are set per call.
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, connect=10.0),
@@ -82,11 +89,12 @@ class Pipeline:
                 gateway_url=settings.nebula_base_url,
                 max_bytes=settings.image_max_bytes,
             )
-            # One budget for every process on this store (the bot, the CLI beside it): the
-            # provider's limits are per account.
-            shared = SharedBudget(store)
             limiter = UpstreamLimiter(
-                concurrency=settings.upstream_concurrency, rpm=settings.upstream_rpm, clock=clock, shared=shared
+                concurrency=settings.upstream_concurrency,
+                rpm=settings.upstream_rpm,
+                clock=clock,
+                margin_s=settings.upstream_window_margin_ms / 1000,
+                shared=budget,
             )
             gatekeeper = Gatekeeper(settings, GuildStore(store), utcnow=wall_clock)
             images = ImageStore(settings.cache_dir)
@@ -113,6 +121,7 @@ class Pipeline:
             )
         except BaseException:
             await http.aclose()
+            await budget.close()
             await store.close()
             raise
         return cls(
@@ -121,7 +130,7 @@ class Pipeline:
             http=http,
             service=service,
             admin=GuildAdmin(store, gatekeeper),
-            limiter=limiter,
+            budget=budget,
         )
 
     async def close(self, grace_s: float | None = None) -> None:
@@ -129,5 +138,5 @@ class Pipeline:
             await self.service.stop(grace_s)
         finally:
             await self.http.aclose()
-            await self.limiter.close()
+            await self.budget.close()
             await self.store.close()

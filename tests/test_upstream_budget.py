@@ -110,8 +110,8 @@ async def test_imagine_bot_generate_beside_a_busy_bot_earns_no_429(
 
 async def test_a_dead_process_stops_holding_a_slot_when_its_lease_runs_out(tmp_path: Path) -> None:
     wall = [1_000_000.0]
-    store = await Store.open(tmp_path / "budget.db")
-    dead, alive = SharedBudget(store, now=lambda: wall[0]), SharedBudget(store, now=lambda: wall[0])
+    dead = await SharedBudget.open(tmp_path / "imagine.db", now=lambda: wall[0])  # two processes
+    alive = await SharedBudget.open(tmp_path / "imagine.db", now=lambda: wall[0])
     limits = Limits(concurrency=1, rpm=600, per_second=10, margin_s=0.05)
     idle = LocalView(now=0.0, held=0, starts=(), pending=0, paused_until=-math.inf)
     try:
@@ -123,5 +123,5 @@ async def test_a_dead_process_stops_holding_a_slot_when_its_lease_runs_out(tmp_p
         wall[0] += LEASE_S
         assert (await alive.try_grant(limits, idle)).permit_id is not None
     finally:
-        await alive.flush()
-        await store.close()
+        await alive.close()
+        await dead.close()

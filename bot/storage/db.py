@@ -57,13 +57,16 @@ class Store:
         migrations: Sequence[Migration] = MIGRATIONS,
         clock: Callable[[], datetime] = utc_now,
         busy_timeout_ms: int = 5000,
+        durable: bool = True,
     ) -> Store:
+        """`durable=False` (synchronous=NORMAL: no fsync per commit; WAL keeps it consistent) is for
+        coordination state that may lose its last moments in a power cut, never for the ledger."""
         await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
-        writer = await _connect(path, busy_timeout_ms)
+        writer = await _connect(path, busy_timeout_ms, durable)
         try:
             await writer.execute("PRAGMA journal_mode=WAL")
             applied = await _migrate(writer, migrations)
-            reader = await _connect(path, busy_timeout_ms)
+            reader = await _connect(path, busy_timeout_ms, durable)
         except BaseException:
             await writer.close()
             raise
@@ -158,12 +161,13 @@ async def _to_the_end(statement: Awaitable[Any]) -> None:
     task.result()
 
 
-async def _connect(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
+async def _connect(path: Path, busy_timeout_ms: int, durable: bool = True) -> aiosqlite.Connection:
     # isolation_level=None: we issue BEGIN/COMMIT ourselves instead of sqlite3's implicit ones.
     db = await aiosqlite.connect(path, isolation_level=None)
     db.row_factory = aiosqlite.Row
     await db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-    await db.execute("PRAGMA synchronous=FULL")  # durability over speed: SQLite is not our bottleneck
+    # durability over speed: SQLite is not our bottleneck (see Store.open for the one exception)
+    await db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
     await db.execute("PRAGMA foreign_keys=ON")
     return db
 

@@ -218,23 +218,6 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
-    Migration(
-        7,
-        "the upstream budget every process on this store shares (bot/storage/upstream.py)",
-        (
-            """
-            CREATE TABLE upstream_permits (
-                id          INTEGER PRIMARY KEY,
-                owner       TEXT NOT NULL,  -- host:pid:random of the process holding it
-                granted_at  REAL NOT NULL,  -- Unix seconds (every process on the store shares this clock)
-                sent_at     REAL,           -- when its request was handed to the network: the start
-                released_at REAL,           -- the attempt is over: its concurrency slot is free
-                lease_until REAL NOT NULL   -- a dead process's permit stops holding a slot here
-            )
-            """,
-            "CREATE INDEX upstream_permits_owner ON upstream_permits (owner)",
-        ),
-    ),
 )
 
 LATEST_VERSION = max(m.version for m in MIGRATIONS)

@@ -2,10 +2,15 @@
 `imagine-bot generate` beside it): the provider's limits are per account, not per process.
 
 Each process keeps its own exact limiter (bot/limiter.py); before granting a permit it also
-checks, in one write transaction of the store, the permits of every *other* process recorded
-here: their stamped starts (both sliding windows), their permits granted but not yet sent (they
-count as starting now), the ones still in flight (concurrency) and the account-wide pause after
-a 429. Then it records its own grant. The store's write lock serialises grants across processes.
+checks, in one write transaction, the permits of every *other* process recorded here: their
+stamped starts (both sliding windows), their permits granted but not yet sent (they count as
+starting now), the ones still in flight (concurrency) and the account-wide pause after a 429.
+Then it records its own grant. SQLite's write lock serialises grants across processes.
+
+The records live in a file of their own beside the database (`imagine-upstream.db` next to
+`imagine.db`): coordination, not the ledger. So a grant neither waits behind admissions on the
+ledger's write lock nor pays an fsync (synchronous=NORMAL): a power cut may lose the last
+moments of it, which matter only for the next minute's windows.
 
 A process's own stamps and releases are written behind (in order, by one task), since its own
 view is exact in memory: until they land, other processes see its permit as pending or in
@@ -24,13 +29,33 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from bot.rate_windows import Limits, LocalView, window_delay
 from bot.storage.db import Store
+from bot.storage.migrations import Migration
 
 log = logging.getLogger("imagine.limiter")
 
-PAUSE_KEY = "upstream_paused_until"
+MIGRATIONS = (
+    Migration(
+        1,
+        "permits and the pause of the upstream budget",
+        (
+            """
+            CREATE TABLE upstream_permits (
+                id          INTEGER PRIMARY KEY,
+                owner       TEXT NOT NULL,  -- host:pid:random of the process holding it
+                granted_at  REAL NOT NULL,  -- Unix seconds (every process on the store shares this clock)
+                sent_at     REAL,           -- when its request was handed to the network: the start
+                released_at REAL,           -- the attempt is over: its concurrency slot is free
+                lease_until REAL NOT NULL   -- a dead process's permit stops holding a slot here
+            )
+            """,
+            "CREATE TABLE upstream_pause (id INTEGER PRIMARY KEY CHECK (id = 1), until REAL NOT NULL)",
+        ),
+    ),
+)
 #: a held permit's lease, renewed every LEASE_RENEW_S while it is held
 LEASE_S = 10.0
 LEASE_RENEW_S = 3.0
@@ -43,7 +68,21 @@ class Verdict:
     full: bool  # when not granted: every concurrency slot is held
 
 
+def budget_path(database_path: Path) -> Path:
+    """`data/imagine.db` -> `data/imagine-upstream.db`."""
+    return database_path.with_name(f"{database_path.stem}-upstream{database_path.suffix or '.db'}")
+
+
 class SharedBudget:
+    @classmethod
+    async def open(cls, database_path: Path, *, now: Callable[[], float] = time.time) -> SharedBudget:
+        store = await Store.open(budget_path(database_path), migrations=MIGRATIONS, durable=False)
+        return cls(store, now=now)
+
+    async def close(self) -> None:
+        await self.flush()
+        await self._store.close()
+
     def __init__(self, store: Store, *, now: Callable[[], float] = time.time) -> None:
         self._store = store
         self._now = now
@@ -68,7 +107,7 @@ class SharedBudget:
                 (self.owner,),
             )
             others = await cursor.fetchall()
-            cursor = await db.execute("SELECT value FROM meta WHERE key = ?", (PAUSE_KEY,))
+            cursor = await db.execute("SELECT until FROM upstream_pause")
             row = await cursor.fetchone()
             paused_until = max(float(row[0]) if row else 0.0, mine.paused_until + offset)
             live = [r for r in others if r["released_at"] is None and r["lease_until"] > now]
@@ -112,9 +151,9 @@ class SharedBudget:
 
     def pause(self, seconds: float) -> None:
         self._enqueue(
-            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-            " WHERE CAST(meta.value AS REAL) < CAST(excluded.value AS REAL)",
-            (PAUSE_KEY, repr(self._now() + seconds)),
+            "INSERT INTO upstream_pause (id, until) VALUES (1, ?)"
+            " ON CONFLICT (id) DO UPDATE SET until = MAX(until, excluded.until)",
+            (self._now() + seconds,),
         )
 
     async def flush(self) -> None:
