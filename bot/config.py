@@ -8,6 +8,7 @@ stops the program with one line naming the variable and what to do (`ConfigError
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -161,7 +162,7 @@ class Settings(BaseSettings):
 
     # -- derived values -------------------------------------------------------------------------
     # Money is integer fen (0.18 CNY = 18) everywhere below the settings (bot/money.py).
-    @property
+    @cached_property  # read on every request: settings do not change while the bot runs
     def price_per_image_fen(self) -> int:
         return cny_to_fen(self.price_per_image_cny)
 

@@ -90,6 +90,13 @@ class ReplyHandle:
 @dataclass(frozen=True, slots=True)
 class Ticket:
     job_id: int
-    position: QueuePosition | None
     replayed: bool = False  # the id existed already: nothing new was queued
     cached: bool = False  # answered from the result cache (or shares an identical request in flight)
+    #: where the job (or the job it follows) waits; asked only when someone wants to know, since
+    #: placing one job in a long queue means ordering the whole queue
+    locate: Callable[[], QueuePosition | None] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def position(self) -> QueuePosition | None:
+        """The job's place in the queue now; None when it is not waiting."""
+        return self.locate() if self.locate is not None else None

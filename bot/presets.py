@@ -8,6 +8,7 @@ it must refuse bad input *before* any money is spent on the upstream call.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -60,6 +61,7 @@ def parse_size(value: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
+@functools.lru_cache(maxsize=256)  # pure, and asked on every request before the acknowledgement
 def _canonical_size(value: str) -> str:
     width, height = parse_size(value)
     return f"{width}*{height}"

@@ -174,7 +174,7 @@ class GenerationService:
         job_id = job_id if job_id is not None else new_local_id()
         if await self.jobs.get(job_id) is not None:
             log.info("job %s exists already (a replayed interaction): nothing new queued", job_id)
-            return Ticket(job_id, self.scheduler.position(job_id), replayed=True)
+            return Ticket(job_id, replayed=True, locate=self._locate(job_id))
         try:
             key = await self.sharing.key(
                 request.params, request.model, who.guild_id, reroll=request.reroll_of is not None
@@ -223,7 +223,7 @@ class GenerationService:
         if not inserted:  # a concurrent replay of the same interaction won the insert
             if reservation is not None:
                 self.scheduler.cancel(reservation)
-            return Ticket(job_id, self.scheduler.position(job_id), replayed=True)
+            return Ticket(job_id, replayed=True, locate=self._locate(job_id))
         if acknowledge is not None:
             await self._acknowledge(job_id, acknowledge, reservation)
         return await self._activate(job_id, reservation, choice)
@@ -269,7 +269,7 @@ class GenerationService:
         if choice.hit is not None:
             await self.jobs.mark_cache_hit(job_id, sha256=choice.hit.sha256, request_id=choice.hit.request_id)
             self.background.spawn(self.runner.deliver_by_id(job_id))
-            return Ticket(job_id, None, cached=True)
+            return Ticket(job_id, cached=True)
         if choice.leader is not None:
             if choice.follow(job_id):
                 position = self.scheduler.position(choice.leader)
@@ -278,16 +278,16 @@ class GenerationService:
                     self.background.notify(
                         self._delivery.queued(job, position) if position else self._delivery.started(job)
                     )
-                return Ticket(job_id, position, cached=True)
+                return Ticket(job_id, cached=True, locate=self._locate(choice.leader))
             # the leader landed meanwhile: queue it; it decides again when it runs (a cache hit, likely)
             job = await self.jobs.get(job_id)
             assert job is not None
             self.scheduler.enqueue(self._item_for(job))
-            return Ticket(job_id, self.scheduler.position(job_id))
+            return Ticket(job_id, locate=self._locate(job_id))
         assert reservation is not None
         choice.lead(job_id)
         self.scheduler.activate(reservation, job_id)
-        return Ticket(job_id, self.scheduler.position(job_id))
+        return Ticket(job_id, locate=self._locate(job_id))
 
     async def _refused(self, who: Requester, request: GenerationRequest, refusal: LimitReached) -> None:
         """Every refusal is recorded for the admins' report; moderation ones go to the log channel."""
@@ -384,6 +384,9 @@ class GenerationService:
         job = await self.jobs.get(job_id)
         if job is not None and not future.done():
             future.set_result(job)
+
+    def _locate(self, job_id: int) -> Callable[[], QueuePosition | None]:
+        return lambda: self.scheduler.position(job_id)
 
     def _item_for(self, job: Job) -> QueueItem:
         return QueueItem(job_id=job.id, guild_key=guild_key(job.guild_id), user_key=job.requester, enqueued_at=0.0)
