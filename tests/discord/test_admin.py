@@ -7,6 +7,7 @@ raw option carrying the id, plus the interaction's `resolved` data), see `admin(
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import itertools
@@ -628,3 +629,31 @@ async def test_a_removed_rule_no_longer_refuses(harness: BotHarness) -> None:
     assert await refusal(harness, imagine(harness, "secret garden")) == NO_SECRETS
     assert await run_admin(harness, "rules", "remove", rule=1) == f"<@{ADMIN_ID}> removed rule #1."
     await delivered(harness, imagine(harness, "secret garden"))
+
+
+# -- 12. an admin command is acknowledged before any database work (issue 8.5) ----------------------------
+
+
+async def test_an_admin_command_is_acknowledged_at_once_even_while_the_store_is_busy(harness: BotHarness) -> None:
+    """Discord allows 3 s for the first answer. A busy store (or a slow regex vetting) used to
+    sit between the command and its answer; now the private "thinking…" goes first."""
+    await harness.start()
+    assert harness.bot is not None and harness.bot.pipeline is not None
+    store = harness.bot.pipeline.store
+    busy = asyncio.Event()
+
+    async def hold_the_store() -> None:
+        async with store.transaction():
+            busy.set()
+            await asyncio.sleep(4.0)
+
+    holder = asyncio.create_task(hold_the_store())
+    await busy.wait()
+    sent = admin(harness, "rules", "add", kind="regex", pattern=r"bank\s*accounts?", reason="no banking")
+    await harness.discord.wait_for(lambda f: f.callbacks(sent.id), timeout=2.0)  # well inside Discord's 3 s
+    assert harness.discord.callbacks(sent.id) == [5]
+    assert harness.discord.original_message(sent.id).ephemeral  # private, like the answer that follows
+    assert not holder.done()  # the database work had not even started
+    text = (await harness.reply(sent, lambda m: bool(m.content), timeout=10)).content
+    assert text.startswith(f"<@{ADMIN_ID}> added rule #1 (regex")
+    await holder
