@@ -217,7 +217,7 @@ def mixed_imagine_bot(limited_users: list[int]) -> MakeBot:
     async def make(image_base: str, control: str) -> commands.Bot:
         from bot.app import ImagineBot
         from bot.limits import periods
-        from bot.storage.db import Store
+        from bot.storage.db import SqliteStore
         from bot.storage.guilds import GuildStore
         from bot.storage.quotas import Charge, apply_charges
 
@@ -225,7 +225,7 @@ def mixed_imagine_bot(limited_users: list[int]) -> MakeBot:
         guild_id = int(state["guilds"][0]["id"])  # type: ignore[index]  # the guild /slash uses by default
         settings = bench_settings(image_base, **ROOM, user_daily_limit=1)
         day = periods(datetime.now(UTC), settings.default_timezone).day
-        store = await Store.open(settings.database_path)
+        store = await SqliteStore.open(settings.database_path)
         try:
             await GuildStore(store).add_rule(guild_id, "word", RULE_WORD, "no forbidden things", actor=1)
             async with store.transaction() as db:

@@ -185,13 +185,13 @@ async def serve(settings: Settings) -> int:
 
 async def force_sync(settings: Settings) -> int:
     """`imagine-bot sync`: push the command definitions to Discord now, globally."""
-    from bot.storage.db import Store
+    from bot.storage.connect import open_store
 
     settings.require("DISCORD_TOKEN")
     assert settings.discord_token is not None
     point_at_discord(settings)
     bot = ImagineBot(settings, serve=False)
-    store = await Store.open(settings.database_path)
+    store = await open_store(settings.database_url)
     try:
         async with bot:
             await bot.login(settings.discord_token.get_secret_value())

@@ -98,13 +98,13 @@ async def _generate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _usage(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.storage.db import Store
+    from bot.storage.connect import open_store
     from bot.storage.reports import usage_summary
 
-    if not settings.database_path.exists():
+    if not settings.uses_postgres and not settings.database_path.exists():
         print(f"No database yet at {settings.database_path}: nothing has been generated.")
         return 0
-    store = await Store.open(settings.database_path)
+    store = await open_store(settings.database_url)
     try:
         summary = await usage_summary(store, since=args.since, guild_id=args.guild)
     finally:
@@ -136,10 +136,11 @@ async def _cache(settings: Settings, args: argparse.Namespace) -> int:
     from datetime import timedelta
 
     from bot.cache import ResultCache
-    from bot.storage.db import Store, utc_now
+    from bot.storage.connect import open_store
+    from bot.storage.db import utc_now
     from bot.storage.images import ImageStore
 
-    store = await Store.open(settings.database_path)
+    store = await open_store(settings.database_url)
     try:
         cache = ResultCache(
             store,
@@ -165,10 +166,10 @@ async def _cache(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _limits(settings: Settings, args: argparse.Namespace) -> int:
     from bot.gatekeeper import Gatekeeper
-    from bot.storage.db import Store
+    from bot.storage.connect import open_store
     from bot.storage.guilds import GuildStore
 
-    store = await Store.open(settings.database_path)
+    store = await open_store(settings.database_url)
     try:
         guilds = GuildStore(store)
         policy = await Gatekeeper(settings, guilds).policy(args.guild)

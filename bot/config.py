@@ -155,9 +155,9 @@ class Settings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _sqlite_url(cls, url: str) -> str:
-        if not url.startswith("sqlite:///"):
-            raise ValueError("only sqlite:///path/to/file.db is supported")
+    def _database_url(cls, url: str) -> str:
+        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("use sqlite:///path/to/file.db or postgresql://user@host:port/database")
         return url
 
     # -- derived values -------------------------------------------------------------------------
@@ -177,7 +177,13 @@ class Settings(BaseSettings):
     @property
     def database_path(self) -> Path:
         """`sqlite:///data/x.db` is relative to the working directory, `sqlite:////abs/x.db` absolute."""
+        if self.uses_postgres:
+            raise ValueError("DATABASE_URL is a PostgreSQL URL: there is no database file")
         return Path(self.database_url.removeprefix("sqlite:///"))
+
+    @property
+    def uses_postgres(self) -> bool:
+        return not self.database_url.startswith("sqlite:///")
 
     def require(self, *names: str) -> None:
         """Stop with a clear line if a value needed by this command is missing."""

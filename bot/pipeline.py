@@ -23,6 +23,7 @@ from bot.imaging.download import ImageFetcher
 from bot.imaging.retry import RetryPolicy
 from bot.limiter import UpstreamLimiter
 from bot.service import GenerationService
+from bot.storage.connect import open_store
 from bot.storage.db import Store, utc_now
 from bot.storage.guilds import GuildStore
 from bot.storage.images import ImageStore
@@ -55,11 +56,11 @@ class Pipeline:
     ) -> Pipeline:
         settings.require("NEBULA_API_KEY")
         clock = clock or SystemClock()
-        store = await Store.open(settings.database_path, clock=wall_clock)
+        store = await open_store(settings.database_url, clock=wall_clock)
         try:
             # One upstream budget for every process on this store (the bot, the CLI beside it):
             # the provider's limits are per account.
-            budget = await SharedBudget.open(settings.database_path)
+            budget = await SharedBudget.open(settings.database_url, store)
         except BaseException:
             await store.close()
             raise

@@ -16,11 +16,14 @@ from bot.config import Settings
 from bot.errors import InvalidInput
 from bot.gatekeeper import Gatekeeper
 from bot.limits import RoleLimit
+from bot.storage.connect import open_store
 from bot.storage.db import Store, iso
 from bot.storage.guilds import GuildStore
 from bot.storage.jobs import JobStore, NewJob
 from bot.storage.quotas import QuotaExceeded
 from bot.storage.reports import UserSpend
+
+pytestmark = pytest.mark.both_backends
 
 GUILD, OTHER_GUILD, ADMIN = 1, 2, 900
 
@@ -93,7 +96,7 @@ def clock() -> WallClock:
 @pytest.fixture
 async def world(make_settings: Callable[..., Settings], clock: WallClock) -> AsyncIterator[World]:
     settings = make_settings(user_daily_limit=3)
-    store = await Store.open(settings.database_path, clock=clock)
+    store = await open_store(settings.database_url, clock=clock)
     try:
         yield World(store, Gatekeeper(settings, GuildStore(store), utcnow=clock), clock)
     finally:
@@ -565,9 +568,9 @@ async def test_an_empty_export_is_just_the_header(world: World) -> None:
 
 @pytest.fixture
 async def second_process(world: World, make_settings: Callable[..., Settings], clock: WallClock):
-    """Another bot process on the same database file: its own Store (connections), gatekeeper and admin."""
+    """Another bot process on the same database: its own Store (connections), gatekeeper and admin."""
     settings = make_settings(user_daily_limit=3)
-    store = await Store.open(world.store.path, clock=clock)
+    store = await open_store(settings.database_url, clock=clock)
     try:
         yield GuildAdmin(store, Gatekeeper(settings, GuildStore(store), utcnow=clock))
     finally:

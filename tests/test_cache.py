@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bot.cache import ResultCache
-from bot.storage.db import Store
+from bot.storage.connect import open_store
 from bot.storage.images import ImageStore
 from tests.fakes.png import make_png
 
@@ -21,10 +21,13 @@ class Clock:
         return self.now
 
 
+pytestmark = pytest.mark.both_backends
+
+
 @pytest.fixture
-async def parts(tmp_path: Path):
+async def parts(tmp_path: Path, database_url: str):
     clock = Clock()
-    store = await Store.open(tmp_path / "c.db", clock=clock)
+    store = await open_store(database_url, clock=clock)
     images = ImageStore(tmp_path / "cache")
     yield store, images, clock
     await store.close()

@@ -27,11 +27,13 @@ from bot.imaging.errors import ServerError
 from bot.pipeline import Pipeline
 from bot.requests import GenerationRequest, RequestBuilder
 from bot.scheduler import QueuePosition
-from bot.storage.db import Store
+from bot.storage.connect import open_store
 from bot.storage.jobs import Job, JobStore, NewJob
 from bot.storage.reports import usage_summary
 from tests.fakes.image_api import FakeImageApi, Reply
 from tests.fakes.png import png_size
+
+pytestmark = pytest.mark.both_backends
 
 GUILD, OTHER_GUILD, CHANNEL, ADMIN = 1, 3, 2, 99
 PROMPT = "A red lantern over a snowy street"
@@ -350,7 +352,7 @@ async def test_when_the_shared_call_fails_every_follower_fails_alike_and_uncharg
     settings_for, delivery, clock, fake_api: FakeImageApi
 ) -> None:
     settings = settings_for(upstream_max_retries=0)
-    fake_api.script(Reply.error(500, delay=0.4))
+    fake_api.script(Reply.error(500, delay=2.0))  # all five are admitted while it runs
     users = range(101, 106)
     async with running(settings, delivery, clock) as pipeline:
         await asyncio.gather(*(pipeline.service.submit(imagine(settings), member(u), job_id=u) for u in users))
@@ -504,7 +506,7 @@ async def test_a_follower_left_queued_by_a_restart_is_answered_from_the_cache(
     async with running(settings, delivery, clock) as pipeline:
         leader = await make(pipeline, imagine(settings), member(42), job_id=1)
     # the previous process died with an identical follower still queued (its leader delivered)
-    store = await Store.open(settings.database_path)
+    store = await open_store(settings.database_url)
     await JobStore(store).insert(_queued_copy(2, imagine(settings), 43))
     await store.close()
     async with running(settings, delivery, clock) as pipeline:  # resume() picks it up
@@ -518,7 +520,7 @@ async def test_identical_jobs_resumed_after_a_restart_still_share_one_upstream_c
     settings_for, delivery, clock, fake_api: FakeImageApi
 ) -> None:
     settings = settings_for(upstream_concurrency=2)
-    store = await Store.open(settings.database_path)
+    store = await open_store(settings.database_url)
     for job_id, user_id in ((1, 42), (2, 43), (3, 44)):  # a leader and its followers, all still queued
         await JobStore(store).insert(_queued_copy(job_id, imagine(settings), user_id))
     await store.close()
@@ -563,7 +565,7 @@ async def test_a_cache_hit_decided_at_dispatch_gives_its_permit_back_before_its_
     settings = settings_for(upstream_concurrency=1)
     async with running(settings, RecordingDelivery(), clock) as pipeline:
         await make(pipeline, imagine(settings), member(42), job_id=1)
-    store = await Store.open(settings.database_path)  # left queued by a restart: a hit when it runs
+    store = await open_store(settings.database_url)  # left queued by a restart: a hit when it runs
     await JobStore(store).insert(_queued_copy(2, imagine(settings), 43))
     await store.close()
     delivery = SlowUploadDelivery(slow_job=2)

@@ -224,12 +224,12 @@ def test_console_script_is_installed(tmp_path: Path) -> None:
 def test_usage_and_limits_for_one_guild(tmp_path: Path, fake_api: FakeImageApi) -> None:
     import asyncio
 
-    from bot.storage.db import Store
+    from bot.storage.db import SqliteStore
     from bot.storage.guilds import GuildStore
     from bot.storage.jobs import JobStore, NewJob
 
     async def seed() -> None:
-        store = await Store.open(tmp_path / "imagine.db")
+        store = await SqliteStore.open(tmp_path / "imagine.db")
         jobs = JobStore(store)
         for job_id, guild, user in ((1, 10, 100), (2, 10, 100), (3, 10, 200), (4, 20, 300)):
             await jobs.insert(

@@ -59,7 +59,7 @@ def test_secrets_do_not_print() -> None:
         ("UPSTREAM_CONCURRENCY", "0", "UPSTREAM_CONCURRENCY is invalid"),
         ("IMAGE_SIZES", "big", "IMAGE_SIZES is invalid"),
         ("NEBULA_BASE_URL", "ftp://x", "NEBULA_BASE_URL is invalid"),
-        ("DATABASE_URL", "postgres://x", "DATABASE_URL is invalid"),
+        ("DATABASE_URL", "mysql://x", "DATABASE_URL is invalid"),
         ("PRICE_PER_IMAGE_CNY", "-1", "PRICE_PER_IMAGE_CNY is invalid"),
     ],
 )

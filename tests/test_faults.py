@@ -19,6 +19,8 @@ from bot.storage.jobs import Job
 from tests.fakes.image_api import FakeImageApi
 from tests.test_service import RecordingDelivery
 
+pytestmark = pytest.mark.both_backends
+
 USER = Requester("42", guild_id=1, channel_id=2, user_id=42)
 OTHER = Requester("43", guild_id=1, channel_id=2, user_id=43)
 

@@ -26,10 +26,13 @@ from bot.moderation import Rule
 from bot.pipeline import Pipeline
 from bot.requests import RequestBuilder
 from bot.scheduler import QueuePosition
+from bot.storage.connect import open_store
 from bot.storage.db import Store
 from bot.storage.guilds import GuildStore
 from bot.storage.jobs import Job
 from tests.fakes.image_api import FakeImageApi, Reply
+
+pytestmark = pytest.mark.both_backends
 
 GUILD, CHANNEL, ADMIN, LOG_CHANNEL = 1, 2, 900, 555
 
@@ -318,7 +321,7 @@ async def test_every_failure_is_refunded_so_the_user_can_generate_again(
 
 async def test_a_failure_refunds_the_period_it_was_reserved_in(open_pipeline, fake_api, clock) -> None:
     clock.move_to(utc(2026, 11, 25, 23, 59))
-    pipeline = await open_pipeline(user_daily_limit=1)
+    pipeline = await open_pipeline(user_daily_limit=1, upstream_concurrency=1)  # job 1 meets the 400
     service = pipeline.service
     await service.submit(request(pipeline), member(10), job_id=1)
     clock.move_to(utc(2026, 11, 26, 0, 1))  # the job fails after midnight
@@ -520,7 +523,7 @@ class PausingGuildStore(GuildStore):
 @pytest.fixture
 async def paused_gate(make_settings: Callable[..., Settings], clock: WallClock):
     settings = make_settings()
-    store = await Store.open(settings.database_path, clock=clock)
+    store = await open_store(settings.database_url, clock=clock)
     guilds = PausingGuildStore(store)
     gate = Gatekeeper(settings, guilds, utcnow=clock)
     try:

@@ -22,6 +22,8 @@ from bot.storage.jobs import Job, JobStore, NewJob
 from tests.fakes.image_api import FakeImageApi, Reply
 from tests.fakes.png import png_size
 
+pytestmark = pytest.mark.both_backends
+
 
 class RecordingDelivery:
     def __init__(self) -> None:
@@ -194,9 +196,9 @@ async def test_stopping_refuses_new_work(settings, pipeline: Pipeline) -> None:
 
 async def seed(settings: Settings, *jobs: tuple[int, str, dict]) -> None:
     """Write job rows as a previous process would have left them."""
-    from bot.storage.db import Store
+    from bot.storage.connect import open_store
 
-    store = await Store.open(settings.database_path)
+    store = await open_store(settings.database_url)
     repo = JobStore(store)
     for job_id, state, fields in jobs:
         await repo.insert(

@@ -12,12 +12,14 @@ import math
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import pytest
+
 from bot.config import Settings
 from bot.contracts import Requester
 from bot.pipeline import Pipeline
 from bot.rate_windows import Limits, LocalView
 from bot.requests import RequestBuilder
-from bot.storage.db import Store
+from bot.storage.db import SqliteStore, Store
 from bot.storage.upstream import LEASE_S, SharedBudget
 from tests.fakes.image_api import FakeImageApi
 from tests.test_cli import run_cli
@@ -69,6 +71,7 @@ async def test_a_busy_store_between_permit_and_request_earns_no_429(
     assert fake_api.generation_count == 14
 
 
+@pytest.mark.both_backends
 async def test_two_processes_on_one_store_share_one_upstream_budget(
     make_settings: Callable[..., Settings], fake_api: FakeImageApi
 ) -> None:
@@ -110,8 +113,10 @@ async def test_imagine_bot_generate_beside_a_busy_bot_earns_no_429(
 
 async def test_a_dead_process_stops_holding_a_slot_when_its_lease_runs_out(tmp_path: Path) -> None:
     wall = [1_000_000.0]
-    dead = await SharedBudget.open(tmp_path / "imagine.db", now=lambda: wall[0])  # two processes
-    alive = await SharedBudget.open(tmp_path / "imagine.db", now=lambda: wall[0])
+    url = f"sqlite:///{tmp_path / 'imagine.db'}"
+    store = await SqliteStore.open(tmp_path / "imagine.db")
+    dead = await SharedBudget.open(url, store, now=lambda: wall[0])  # two processes
+    alive = await SharedBudget.open(url, store, now=lambda: wall[0])
     limits = Limits(concurrency=1, rpm=600, per_second=10, margin_s=0.05)
     idle = LocalView(now=0.0, held=0, starts=(), pending=0, paused_until=-math.inf)
     try:
@@ -125,3 +130,4 @@ async def test_a_dead_process_stops_holding_a_slot_when_its_lease_runs_out(tmp_p
     finally:
         await alive.close()
         await dead.close()
+        await store.close()

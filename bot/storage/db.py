@@ -1,6 +1,9 @@
-"""The SQLite store: one object owns the connections, every write goes through one lock.
+"""The store: one interface (`Store`), two engines. SQLite (`SqliteStore`, here) is the embedded
+default; PostgreSQL (bot/storage/postgres.py) is the shared system of record for several
+processes on several machines. `open_store(url)` (bot/storage/connect.py) picks one.
 
-Why a lock even for single statements: an aiosqlite connection is one shared transaction, so a
+The SQLite store: one object owns the connections, every write goes through one lock. Why a
+lock even for single statements: an aiosqlite connection is one shared transaction, so a
 coroutine's autocommit INSERT issued while another coroutine holds `BEGIN IMMEDIATE` silently
 joins (and dies with) that transaction's rollback. Reads use a second connection, so they only
 ever see committed rows (WAL lets them run beside the writer).
@@ -11,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import aiosqlite
 
@@ -34,7 +37,59 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
-class Store:
+class Cursor(Protocol):
+    """What a statement inside a transaction answers (an aiosqlite cursor, or its asyncpg twin)."""
+
+    rowcount: int
+
+    async def fetchone(self) -> Any: ...
+
+    async def fetchall(self) -> Any: ...
+
+
+class Transaction(Protocol):
+    async def execute(self, sql: str, params: Params = ...) -> Cursor: ...
+
+    async def execute_fetchall(self, sql: str, params: Params = ...) -> Iterable[Any]: ...
+
+    async def executemany(self, sql: str, rows: Iterable[Params]) -> Any: ...
+
+
+class Store(Protocol):
+    """What the storage modules use. SQL is written once for both engines: `?` or `:name`
+    parameters, `INSERT … ON CONFLICT`, `RETURNING`, no engine-specific function; rows are read
+    by column name (or index)."""
+
+    dialect: Literal["sqlite", "postgresql"]
+    #: appended to a SELECT whose rows the transaction then rewrites ("" where writes are serialised)
+    for_update: str
+    clock: Callable[[], datetime]
+
+    def now(self) -> str: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
+
+    async def write(self, sql: str, params: Params = ...) -> int: ...
+
+    async def write_returning(self, sql: str, params: Params = ...) -> list[Any]: ...
+
+    async def fetch_one(self, sql: str, params: Params = ...) -> Any | None: ...
+
+    async def fetch_all(self, sql: str, params: Params = ...) -> list[Any]: ...
+
+    async def schema_version(self) -> int: ...
+
+    async def get_meta(self, key: str) -> str | None: ...
+
+    async def set_meta(self, key: str, value: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class SqliteStore:
+    dialect: Literal["sqlite"] = "sqlite"
+    for_update = ""  # every write transaction holds SQLite's one write lock (BEGIN IMMEDIATE)
+
     def __init__(
         self,
         writer: aiosqlite.Connection,
@@ -58,7 +113,7 @@ class Store:
         clock: Callable[[], datetime] = utc_now,
         busy_timeout_ms: int = 5000,
         durable: bool = True,
-    ) -> Store:
+    ) -> SqliteStore:
         """`durable=False` (synchronous=NORMAL: no fsync per commit; WAL keeps it consistent) is for
         coordination state that may lose its last moments in a power cut, never for the ledger."""
         await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)

@@ -66,8 +66,16 @@ class GuildStore:
         """
         scalars = {k: v for k, v in changes.items() if k not in COLLECTIONS}
         async with self._store.transaction() as db:
-            # read and write inside BEGIN IMMEDIATE: no other writer (connection or process) interleaves
-            cursor = await db.execute("SELECT settings_json FROM guild_settings WHERE guild_id = ?", (guild_id,))
+            # Read and write with no other writer interleaving: SQLite's BEGIN IMMEDIATE holds the one
+            # write lock; on PostgreSQL the row (created first if need be) is locked FOR UPDATE.
+            await db.execute(
+                "INSERT INTO guild_settings (guild_id, settings_json, updated_at, updated_by) VALUES (?, '{}', ?, ?)"
+                " ON CONFLICT (guild_id) DO NOTHING",
+                (guild_id, self._store.now(), actor),
+            )
+            cursor = await db.execute(
+                "SELECT settings_json FROM guild_settings WHERE guild_id = ?" + self._store.for_update, (guild_id,)
+            )
             row = await cursor.fetchone()
             current = json.loads(row[0]) if row else {}
             merged = {k: v for k, v in {**current, **scalars}.items() if k not in remove and k not in COLLECTIONS}

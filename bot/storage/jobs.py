@@ -141,20 +141,16 @@ class JobStore:
         """
         charges = charges or []
         async with self._store.transaction() as db:
-            cursor = await db.execute("SELECT 1 FROM jobs WHERE id = ?", (job.id,))
-            if await cursor.fetchone() is not None:
-                return False
-            if cooldown is not None:
-                blocking = await take_cooldown(db, cooldown.subject, cooldown.now_ms, cooldown.cooldown_ms)
-                if blocking is not None:
-                    raise CooldownActive(blocking, cooldown.cooldown_ms)
-            await apply_charges(db, charges)
-            await db.execute(
+            # The row first: a concurrent replay (another process, on PostgreSQL) meets the key here;
+            # a refused limit below rolls the row back with everything else.
+            cursor = await db.execute(
                 """
                 INSERT INTO jobs (id, guild_id, channel_id, user_id, requester, command, style, model, prompt,
                                   negative_prompt, size, prompt_extend, watermark, inputs_json, queued_at,
                                   interaction_token, token_expires_at, message_id, reroll_of, quota_json)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (id) DO NOTHING
+                RETURNING id
                 """,
                 (
                     job.id,
@@ -179,6 +175,13 @@ class JobStore:
                     charges_to_json(charges),
                 ),
             )
+            if await cursor.fetchone() is None:
+                return False  # a replayed interaction: the job exists
+            if cooldown is not None:
+                blocking = await take_cooldown(db, cooldown.subject, cooldown.now_ms, cooldown.cooldown_ms)
+                if blocking is not None:
+                    raise CooldownActive(blocking, cooldown.cooldown_ms)
+            await apply_charges(db, charges)
         return True
 
     async def get(self, job_id: int) -> Job | None:
@@ -221,7 +224,11 @@ class JobStore:
 
     async def mark_queued_again(self, job_id: int) -> bool:
         """Back to the queue (the upstream said 429): the attempt is not counted against anyone."""
-        return await self._update(job_id, "state = 'queued', attempts = MAX(attempts - 1, 0)", "state = 'submitting'")
+        return await self._update(
+            job_id,
+            "state = 'queued', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END",
+            "state = 'submitting'",
+        )
 
     async def mark_generated(
         self,

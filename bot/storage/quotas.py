@@ -41,8 +41,8 @@ async def apply_charges(db: aiosqlite.Connection, charges: list[Charge]) -> None
             """
             INSERT INTO quota_counters (scope, subject, period, used)
             VALUES (:scope, :subject, :period, :amount)
-            ON CONFLICT (scope, subject, period) DO UPDATE SET used = used + excluded.used
-            WHERE :limit IS NULL OR used + excluded.used <= :limit
+            ON CONFLICT (scope, subject, period) DO UPDATE SET used = quota_counters.used + excluded.used
+            WHERE CAST(:limit AS BIGINT) IS NULL OR quota_counters.used + excluded.used <= :limit
             RETURNING used
             """,
             asdict(charge),
@@ -55,8 +55,9 @@ async def refund_charges(db: aiosqlite.Connection, charges: list[Charge]) -> Non
     """Give back what a job reserved (in the periods it was reserved in), inside a transaction."""
     for charge in charges:
         await db.execute(
-            "UPDATE quota_counters SET used = MAX(used - ?, 0) WHERE scope = ? AND subject = ? AND period = ?",
-            (charge.amount, charge.scope, charge.subject, charge.period),
+            "UPDATE quota_counters SET used = CASE WHEN used > :amount THEN used - :amount ELSE 0 END"
+            " WHERE scope = :scope AND subject = :subject AND period = :period",
+            {"amount": charge.amount, "scope": charge.scope, "subject": charge.subject, "period": charge.period},
         )
 
 
@@ -66,7 +67,7 @@ async def take_cooldown(db: aiosqlite.Connection, subject: str, now_ms: int, coo
         """
         INSERT INTO quota_counters (scope, subject, period, used) VALUES ('cooldown', ?, '-', ?)
         ON CONFLICT (scope, subject, period) DO UPDATE SET used = excluded.used
-        WHERE used <= excluded.used - ?
+        WHERE quota_counters.used <= excluded.used - ?
         RETURNING used
         """,
         (subject, now_ms, cooldown_ms),

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.rate_windows import Limits, LocalView, window_delay
-from bot.storage.db import Store
+from bot.storage.connect import is_postgres, sqlite_path
+from bot.storage.db import SqliteStore, Store
 from bot.storage.migrations import Migration
 
 log = logging.getLogger("imagine.limiter")
@@ -73,18 +74,28 @@ def budget_path(database_path: Path) -> Path:
     return database_path.with_name(f"{database_path.stem}-upstream{database_path.suffix or '.db'}")
 
 
+#: grants on PostgreSQL are serialised by this transaction-scoped advisory lock
+_GRANT_LOCK = 0x75_7073_7472  # any constant shared by every process
+
+
 class SharedBudget:
     @classmethod
-    async def open(cls, database_path: Path, *, now: Callable[[], float] = time.time) -> SharedBudget:
-        store = await Store.open(budget_path(database_path), migrations=MIGRATIONS, durable=False)
-        return cls(store, now=now)
+    async def open(cls, database_url: str, store: Store, *, now: Callable[[], float] = time.time) -> SharedBudget:
+        """On PostgreSQL the budget's tables live in the shared database (`store`); on SQLite in
+        a file of their own beside the database (see the module docstring)."""
+        if is_postgres(database_url):
+            return cls(store, now=now, owns_store=False)
+        own = await SqliteStore.open(budget_path(sqlite_path(database_url)), migrations=MIGRATIONS, durable=False)
+        return cls(own, now=now, owns_store=True)
 
     async def close(self) -> None:
         await self.flush()
-        await self._store.close()
+        if self._owns_store:
+            await self._store.close()
 
-    def __init__(self, store: Store, *, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, *, now: Callable[[], float] = time.time, owns_store: bool = True) -> None:
         self._store = store
+        self._owns_store = owns_store
         self._now = now
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._writes: asyncio.Queue[tuple[str, tuple[object, ...]]] = asyncio.Queue()
@@ -96,6 +107,8 @@ class SharedBudget:
         """Grant and record one permit if this process's and every other process's use allow it."""
         offset = self._now() - mine.now  # this process's clock -> the shared one, at the same instant
         async with self._store.transaction() as db:
+            if self._store.dialect == "postgresql":  # SQLite's BEGIN IMMEDIATE serialises already
+                await db.execute("SELECT pg_advisory_xact_lock(?)", (_GRANT_LOCK,))
             now = self._now()
             await db.execute(
                 "DELETE FROM upstream_permits WHERE (released_at IS NOT NULL OR lease_until < :now)"
@@ -152,7 +165,8 @@ class SharedBudget:
     def pause(self, seconds: float) -> None:
         self._enqueue(
             "INSERT INTO upstream_pause (id, until) VALUES (1, ?)"
-            " ON CONFLICT (id) DO UPDATE SET until = MAX(until, excluded.until)",
+            " ON CONFLICT (id) DO UPDATE SET until = CASE WHEN excluded.until > upstream_pause.until"
+            " THEN excluded.until ELSE upstream_pause.until END",
             (self._now() + seconds,),
         )
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bot.limits import GuildPolicy, RoleLimit
-from bot.storage.db import Store
+from bot.storage.connect import open_store
+from bot.storage.db import SqliteStore
 from bot.storage.guilds import GuildStore
 from bot.storage.migrations import MIGRATIONS
 
@@ -18,7 +21,7 @@ DEFAULTS = GuildPolicy(
 
 async def test_channels_and_role_limits_kept_in_settings_json_move_to_their_tables(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    old = await Store.open(path, migrations=[m for m in MIGRATIONS if m.version <= 5])
+    old = await SqliteStore.open(path, migrations=[m for m in MIGRATIONS if m.version <= 5])
     before = {
         GUILD: {
             "user_daily_limit": 5,
@@ -40,7 +43,7 @@ async def test_channels_and_role_limits_kept_in_settings_json_move_to_their_tabl
         )
     await old.close()
 
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     try:
         guilds = GuildStore(store)
         assert await guilds.overrides(GUILD) == before[GUILD]
@@ -59,8 +62,9 @@ async def test_channels_and_role_limits_kept_in_settings_json_move_to_their_tabl
         await store.close()
 
 
-async def test_update_overrides_still_replaces_a_whole_collection(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "x.db")
+@pytest.mark.both_backends
+async def test_update_overrides_still_replaces_a_whole_collection(database_url: str) -> None:
+    store = await open_store(database_url)
     try:
         guilds = GuildStore(store)
         await guilds.update_overrides(GUILD, {"allowed_channels": [1, 2], "role_limits": {"9": {"daily": 1}}}, actor=1)

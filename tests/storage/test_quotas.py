@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
+from bot.storage.connect import open_store
 from bot.storage.db import Store
 from bot.storage.quotas import (
     Charge,
@@ -18,10 +18,12 @@ from bot.storage.quotas import (
     take_cooldown,
 )
 
+pytestmark = pytest.mark.both_backends
+
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    store = await Store.open(tmp_path / "q.db")
+async def store(database_url: str):
+    store = await open_store(database_url)
     yield store
     await store.close()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.storage.db import Store
+from bot.storage.db import SqliteStore, Store
 from bot.storage.images import ImageStore
 from bot.storage.jobs import JobStore, NewJob, new_local_id
 from bot.storage.migrations import LATEST_VERSION, MIGRATIONS
@@ -35,7 +35,7 @@ def new_job(job_id: int, **kw) -> NewJob:
 
 @pytest.fixture
 async def store(tmp_path: Path):
-    store = await Store.open(tmp_path / "nested" / "imagine.db")
+    store = await SqliteStore.open(tmp_path / "nested" / "imagine.db")
     yield store
     await store.close()
 
@@ -56,7 +56,7 @@ async def test_pragmas_are_set(store: Store) -> None:
 
 async def test_an_old_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    old = await Store.open(path, migrations=MIGRATIONS[:1])
+    old = await SqliteStore.open(path, migrations=MIGRATIONS[:1])
     assert await old.schema_version() == 1
     await old.write(  # a row as version 1 wrote it
         "INSERT INTO jobs (id, requester, command, model, prompt, size, prompt_extend, watermark, queued_at)"
@@ -65,7 +65,7 @@ async def test_an_old_database_is_migrated_and_keeps_its_rows(tmp_path: Path) ->
     )
     await old.close()
 
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     try:
         assert await store.schema_version() == LATEST_VERSION
         job = await JobStore(store).get(1)
@@ -83,7 +83,7 @@ async def test_an_old_database_is_migrated_and_keeps_its_rows(tmp_path: Path) ->
 
 async def test_reopening_an_up_to_date_database_changes_nothing(tmp_path: Path) -> None:
     for _ in range(2):
-        store = await Store.open(tmp_path / "x.db")
+        store = await SqliteStore.open(tmp_path / "x.db")
         assert await store.schema_version() == LATEST_VERSION
         await store.close()
 
@@ -93,8 +93,8 @@ async def test_a_failing_migration_leaves_the_old_version(tmp_path: Path) -> Non
 
     broken = (*MIGRATIONS, Migration(LATEST_VERSION + 1, "broken", ("CREATE TABLE t (x)", "NOT SQL")))
     with pytest.raises(sqlite3.OperationalError):
-        await Store.open(tmp_path / "x.db", migrations=broken)
-    store = await Store.open(tmp_path / "x.db")
+        await SqliteStore.open(tmp_path / "x.db", migrations=broken)
+    store = await SqliteStore.open(tmp_path / "x.db")
     try:
         assert await store.schema_version() == LATEST_VERSION
         assert await store.fetch_one("SELECT name FROM sqlite_master WHERE name = 't'") is None
