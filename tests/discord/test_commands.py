@@ -29,6 +29,8 @@ from tests.fakes.fake_discord import SentInteraction
 from tests.fakes.image_api import Reply
 from tests.fakes.png import png_size
 
+pytestmark = pytest.mark.both_backends
+
 NO_PINGS = {"parse": []}
 EPHEMERAL = 64
 

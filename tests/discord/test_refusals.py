@@ -7,8 +7,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from tests.discord.conftest import BotHarness, private_refusal
 from tests.fakes.image_api import Reply
+
+pytestmark = pytest.mark.both_backends
 
 USER_ID = 910_001
 ADMIN_ID = 910_002
