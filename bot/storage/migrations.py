@@ -218,6 +218,31 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        7,
+        "the shared queue: jobs claimed by a process under a lease, guilds and users in turns",
+        (
+            "ALTER TABLE jobs ADD COLUMN queue_guild TEXT",  # 'guild:<id>' or 'cli': the job's queue
+            "ALTER TABLE jobs ADD COLUMN fair_order INTEGER",  # FIFO inside a user's queue (negative: pushed to the front)
+            "ALTER TABLE jobs ADD COLUMN claimed_by TEXT",  # the process working on it
+            "ALTER TABLE jobs ADD COLUMN lease_until REAL",  # Unix seconds; renewed while it works
+            "CREATE INDEX jobs_waiting ON jobs(queue_guild, requester, fair_order)"
+            " WHERE state = 'queued' AND claimed_by IS NULL",
+            "CREATE INDEX jobs_claimed ON jobs(claimed_by, lease_until) WHERE claimed_by IS NOT NULL",
+            """
+            CREATE TABLE queue_turns (
+                guild_key TEXT    NOT NULL,
+                user_key  TEXT    NOT NULL,  -- '': the guild's own turn among the guilds
+                turn      INTEGER NOT NULL,  -- lowest goes next; a served guild or user gets a new, larger one
+                PRIMARY KEY (guild_key, user_key)
+            )
+            """,
+            "CREATE INDEX queue_turns_in_order ON queue_turns(guild_key, turn)",
+            "CREATE INDEX queue_turns_of_guilds ON queue_turns(user_key, turn)",
+            "CREATE TABLE queue_counter (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL)",
+            "INSERT INTO queue_counter (id, value) VALUES (1, 0)",
+        ),
+    ),
 )
 
 LATEST_VERSION = max(m.version for m in MIGRATIONS)

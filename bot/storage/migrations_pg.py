@@ -166,4 +166,28 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE upstream_pause (id INTEGER PRIMARY KEY CHECK (id = 1), until DOUBLE PRECISION NOT NULL)",
         ),
     ),
+    Migration(
+        2,
+        "the shared queue: jobs claimed by a process under a lease, guilds and users in turns",
+        (
+            "ALTER TABLE jobs ADD COLUMN queue_guild TEXT",
+            "ALTER TABLE jobs ADD COLUMN fair_order BIGINT",
+            "ALTER TABLE jobs ADD COLUMN claimed_by TEXT",
+            "ALTER TABLE jobs ADD COLUMN lease_until DOUBLE PRECISION",
+            "CREATE INDEX jobs_waiting ON jobs(queue_guild, requester, fair_order)"
+            " WHERE state = 'queued' AND claimed_by IS NULL",
+            "CREATE INDEX jobs_claimed ON jobs(claimed_by, lease_until) WHERE claimed_by IS NOT NULL",
+            """
+            CREATE TABLE queue_turns (
+                guild_key TEXT   NOT NULL,
+                user_key  TEXT   NOT NULL,
+                turn      BIGINT NOT NULL,
+                PRIMARY KEY (guild_key, user_key)
+            )
+            """,
+            "CREATE INDEX queue_turns_in_order ON queue_turns(guild_key, turn)",
+            "CREATE INDEX queue_turns_of_guilds ON queue_turns(user_key, turn)",
+            "CREATE SEQUENCE queue_turn_seq",
+        ),
+    ),
 )
