@@ -223,7 +223,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         "the shared queue: jobs claimed by a process under a lease, guilds and users in turns",
         (
             "ALTER TABLE jobs ADD COLUMN queue_guild TEXT",  # 'guild:<id>' or 'cli': the job's queue
-            "ALTER TABLE jobs ADD COLUMN fair_order INTEGER",  # FIFO inside a user's queue (negative: pushed to the front)
+            # FIFO inside a user's queue (negative: pushed to the front)
+            "ALTER TABLE jobs ADD COLUMN fair_order INTEGER",
             "ALTER TABLE jobs ADD COLUMN claimed_by TEXT",  # the process working on it
             "ALTER TABLE jobs ADD COLUMN lease_until REAL",  # Unix seconds; renewed while it works
             "CREATE INDEX jobs_waiting ON jobs(queue_guild, requester, fair_order)"

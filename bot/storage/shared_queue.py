@@ -72,7 +72,8 @@ class SharedQueue:
         on_conflict = "DO UPDATE SET turn = excluded.turn" if front else "DO NOTHING"
         for who in (GUILD_TURN, user_key):
             await db.execute(
-                f"INSERT INTO queue_turns (guild_key, user_key, turn) VALUES (?, ?, ?) ON CONFLICT (guild_key, user_key) {on_conflict}",
+                "INSERT INTO queue_turns (guild_key, user_key, turn) VALUES (?, ?, ?)"
+                f" ON CONFLICT (guild_key, user_key) {on_conflict}",
                 (guild_key, who, turn),
             )
         await db.execute(
