@@ -106,7 +106,7 @@ async def generate_once(settings: Settings, args: argparse.Namespace) -> int:
 
     progress = Progress()
     delivery = FileDelivery(args.output, progress)
-    pipeline = await Pipeline.open(settings, delivery, max_requeues=0)
+    pipeline = await Pipeline.open(settings, delivery, max_requeues=0, claims=False)  # its own job only
     try:
         await pipeline.service.start(resume=False)
         with progress:

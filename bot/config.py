@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     #: added to each rate window: starts are stamped as the request leaves, so this only has to
     #: cover how much the request's transit time varies between two requests
     upstream_window_margin_ms: int = Field(15, ge=0, le=1000)
+    #: PostgreSQL: how long a job stays with a process that stops renewing it (it died) before
+    #: another process takes it over
+    job_lease_s: float = Field(30.0, ge=5, le=600)
 
     # -- input and output bounds --------------------------------------------------------------
     prompt_max_chars: int = Field(800, ge=1, le=10_000)

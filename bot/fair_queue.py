@@ -13,7 +13,7 @@ job (or a hypothetical new one) stands in that order.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
 
@@ -61,6 +61,29 @@ class FairQueue:
         self._items: dict[int, QueueItem] = {}
         self._order: list[QueueItem] | None = None  # cached dispatch order
         self._places: dict[int, Place] = {}  # valid while _order is not None
+
+    @classmethod
+    def restore(
+        cls, guild_turns: Iterable[str], user_turns: Mapping[str, Iterable[str]], items: Iterable[QueueItem]
+    ) -> FairQueue:
+        """A queue in a given state (read back from the store's turns): guilds in turn order, each
+        guild's users in turn order, each user's jobs in order. Turns with no waiting job are left out."""
+        queue = cls()
+        jobs: dict[tuple[str, str], deque[QueueItem]] = {}
+        for item in items:
+            jobs.setdefault((item.guild_key, item.user_key), deque()).append(item)
+            queue._items[item.job_id] = item
+        for g in guild_turns:
+            gq = _GuildQueue()
+            for u in user_turns.get(g, ()):
+                if (g, u) in jobs and u not in gq.users:
+                    gq.users[u] = jobs[(g, u)]
+                    gq.turns.append(u)
+            if gq.users and g not in queue._guilds:
+                queue._guilds[g] = gq
+                queue._guild_turns.append(g)
+        queue._items = {i.job_id: i for gq in queue._guilds.values() for q in gq.users.values() for i in q}
+        return queue
 
     # -- contents ------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from bot.storage.db import Store, utc_now
 from bot.storage.guilds import GuildStore
 from bot.storage.images import ImageStore
 from bot.storage.jobs import JobStore
+from bot.storage.shared_queue import SharedQueue
 from bot.storage.upstream import SharedBudget
 
 
@@ -53,7 +54,10 @@ class Pipeline:
         clock: Clock | None = None,
         wall_clock: Callable[[], datetime] = utc_now,
         max_requeues: int = 5,
+        claims: bool = True,
     ) -> Pipeline:
+        """`claims`: on a shared store (PostgreSQL), take jobs from the shared queue as every bot
+        process does; False (the CLI) runs only this process's own jobs, under the shared budget."""
         settings.require("NEBULA_API_KEY")
         clock = clock or SystemClock()
         store = await open_store(settings.database_url, clock=wall_clock)
@@ -119,6 +123,11 @@ class Pipeline:
                 gatekeeper=gatekeeper,
                 store=store,
                 cache=cache,
+                shared_queue=(
+                    SharedQueue(store, budget.owner, lease_s=settings.job_lease_s)
+                    if settings.uses_postgres and claims
+                    else None
+                ),
             )
         except BaseException:
             await http.aclose()

@@ -153,6 +153,20 @@ class Scheduler:
     def cancel(self, reservation: Reservation) -> None:
         self._reservations.discard(reservation)
 
+    # The service's way in (async: in a shared queue they are writes to the store).
+    async def admit(self, reservation: Reservation, job_id: int) -> None:
+        """An admitted, acknowledged job joins the queue."""
+        self.activate(reservation, job_id)
+
+    async def requeue(self, item: QueueItem) -> None:
+        """A job joins the queue without admission (it was admitted before: a follower whose
+        leader landed, a job resumed after a restart)."""
+        self.enqueue(item)
+
+    async def hold(self, job_id: int) -> None:
+        """A job this process works on outside the queue (a cache hit, a follower): nothing to
+        do here; a shared queue leases it, so that another process finishes it if this one dies."""
+
     def enqueue(self, item: QueueItem, front: bool = False) -> None:
         """Add a job without admission checks (also used to restore jobs after a restart).
 
@@ -313,14 +327,12 @@ class Scheduler:
 
     async def _dispatch_loop(self) -> None:
         while True:
-            while not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
+            await self._work_waiting()
             permit = await self._limiter.acquire()
             item: QueueItem | None = None
             try:
-                item = self._queue.pop()
-                if item is None:  # the job was removed while we waited for the upstream
+                item = await self._take_next()
+                if item is None:  # the job was removed (or taken elsewhere) while we waited for the upstream
                     permit.release()
                     continue
                 self._launch(item, permit)
@@ -328,10 +340,23 @@ class Scheduler:
                 # Not launched: give the permit back unused, and the job keeps its turn.
                 permit.release()
                 if item is not None and item.job_id not in self._queue and item.job_id not in self._running:
-                    self._push(item, front=True)
+                    self._give_turn_back(item)
                 raise
             self._dispatched()
             self._changed()
+
+    # -- where the queue lives: here, in memory (a shared queue overrides these) ----------------
+    async def _work_waiting(self) -> None:
+        while not self._queue:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def _take_next(self) -> QueueItem | None:
+        return self._queue.pop()
+
+    def _give_turn_back(self, item: QueueItem) -> None:
+        """The job did not get to run (a 429, a failed launch): back to the head, its turn kept."""
+        self._push(item, front=True)
 
     def _launch(self, item: QueueItem, permit: Permit) -> None:
         """Start the job's task; whatever can fail happens before the task exists."""
@@ -356,7 +381,7 @@ class Scheduler:
             if not run.gate.rate_limited:  # it did not pass through the gate: pause here
                 self._limiter.pause_for(exc)
             log.info("job %d rate-limited; back to the head of the queue", job_id)
-            self._push(run.item, front=True)
+            self._give_turn_back(run.item)
             self._changed()
         elif exc is not None:
             log.error("job %d failed", job_id, exc_info=exc)

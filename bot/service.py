@@ -43,15 +43,19 @@ from bot.modlog import ModerationLog, excerpt
 from bot.requests import GenerationRequest
 from bot.runner import IMAGE_SCOPES, JobRunner
 from bot.scheduler import QueueItem, QueuePosition, QueueRefusal, Reservation, Scheduler
+from bot.shared_scheduler import SharedScheduler
 from bot.sharing import Choice, ResultSharing
 from bot.storage.db import Store, iso
 from bot.storage.images import ImageStore
 from bot.storage.jobs import Cooldown, CooldownActive, Job, JobStore, NewJob, new_local_id
 from bot.storage.quotas import Charge, QuotaExceeded
 from bot.storage.reports import counters
+from bot.storage.shared_queue import Reclaimed, SharedQueue
 
 log = logging.getLogger("imagine.service")
 
+#: how often wait() asks the store whether another process finished the job (shared queue)
+WAIT_POLL_S = 0.25
 #: queue positions are published this long after a change (changes in between are coalesced)
 POSITION_DEBOUNCE_S = 0.25
 #: the first places of a guild's queue see every move; the rest at most every DISTANT_PLACE_EVERY_S
@@ -76,6 +80,7 @@ class GenerationService:
         gatekeeper: Gatekeeper | None = None,
         store: Store | None = None,
         cache: ResultCache | None = None,
+        shared_queue: SharedQueue | None = None,
     ) -> None:
         self._settings = settings
         self.jobs = jobs
@@ -101,9 +106,22 @@ class GenerationService:
             sleep=sleep,
             max_requeues=max_requeues,
         )
-        self.scheduler = Scheduler(
-            limiter, self.runner.run, clock=clock or SystemClock(), on_change=self._queue_changed
+        clock = clock or SystemClock()
+        # A shared queue (PostgreSQL): any process may run any job, claimed from the store; else
+        # this process holds its own queue in memory.
+        self.scheduler: Scheduler = (
+            SharedScheduler(
+                limiter,
+                self.runner.run,
+                clock=clock,
+                on_change=self._queue_changed,
+                shared=shared_queue,
+                on_reclaimed=self._take_over,
+            )
+            if shared_queue is not None
+            else Scheduler(limiter, self.runner.run, clock=clock, on_change=self._queue_changed)
         )
+        self._mine: set[int] = set()  # jobs admitted here: their users see positions from this process
         self._waiters: dict[int, list[asyncio.Future[Job]]] = defaultdict(list)
         self._published: dict[int, tuple[int, int]] = {}
         self._published_at: dict[int, float] = {}
@@ -134,7 +152,13 @@ class GenerationService:
             task.cancel()
 
     async def resume(self) -> int:
-        """Pick up every unfinished job from the store (after a restart). Returns how many."""
+        """Pick up every unfinished job from the store (after a restart). Returns how many.
+
+        With a shared queue the queue already is in the store: only the jobs of dead processes
+        (leases run out) are taken back, now and then every few seconds."""
+        if isinstance(self.scheduler, SharedScheduler):
+            await self.scheduler.reclaim()
+            return 0
         # Only Discord jobs: a CLI job belongs to its own (finished or crashed) process.
         unfinished = [job for job in await self.jobs.unfinished() if job.guild_id is not None]
         for job in unfinished:
@@ -147,6 +171,16 @@ class GenerationService:
         if unfinished:
             log.info("resumed %d unfinished job(s)", len(unfinished))
         return len(unfinished)
+
+    async def _take_over(self, reclaimed: Reclaimed) -> None:
+        """A dead process's job that this one must finish (the queued ones went back to the queue)."""
+        job = await self.jobs.get(reclaimed.job_id)
+        if job is None or job.finished:
+            return
+        if job.state == "generated":
+            self.background.spawn(self.runner.deliver_by_id(job.id))
+        elif job.state == "submitting":  # interrupted twice: not sent a third time
+            await self.runner.fail(job, JobInterrupted(messages.INTERRUPTED))
 
     # -- accepting work -------------------------------------------------------------------------------
     async def submit(
@@ -266,11 +300,14 @@ class GenerationService:
     async def _activate(self, job_id: int, reservation: Reservation | None, choice: Choice) -> Ticket:
         """The accepted, acknowledged job starts moving: delivered from the cache, following its
         leader, or queued (leading its key, if it has one)."""
+        self._mine.add(job_id)
         if choice.hit is not None:
+            await self.scheduler.hold(job_id)  # this process delivers it; another would if this one died
             await self.jobs.mark_cache_hit(job_id, sha256=choice.hit.sha256, request_id=choice.hit.request_id)
             self.background.spawn(self.runner.deliver_by_id(job_id))
             return Ticket(job_id, cached=True)
         if choice.leader is not None:
+            await self.scheduler.hold(job_id)
             if choice.follow(job_id):
                 position = self.scheduler.position(choice.leader)
                 job = await self.jobs.get(job_id)
@@ -282,11 +319,11 @@ class GenerationService:
             # the leader landed meanwhile: queue it; it decides again when it runs (a cache hit, likely)
             job = await self.jobs.get(job_id)
             assert job is not None
-            self.scheduler.enqueue(self._item_for(job))
+            await self.scheduler.requeue(self._item_for(job))
             return Ticket(job_id, locate=self._locate(job_id))
         assert reservation is not None
         choice.lead(job_id)
-        self.scheduler.activate(reservation, job_id)
+        await self.scheduler.admit(reservation, job_id)
         return Ticket(job_id, locate=self._locate(job_id))
 
     async def _refused(self, who: Requester, request: GenerationRequest, refusal: LimitReached) -> None:
@@ -329,13 +366,26 @@ class GenerationService:
         )
 
     async def wait(self, job_id: int) -> Job:
-        """Wait until the job is delivered or failed (the CLI waits this way)."""
+        """Wait until the job is delivered or failed (the CLI waits this way). With a shared
+        queue another process may run it: the store is asked too, every WAIT_POLL_S."""
         job = await self.jobs.get(job_id)
         if job is not None and job.finished:
             return job
         future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
         self._waiters[job_id].append(future)
-        return await future
+        if not isinstance(self.scheduler, SharedScheduler):
+            return await future
+        try:
+            while True:
+                try:
+                    return await asyncio.wait_for(asyncio.shield(future), WAIT_POLL_S)
+                except TimeoutError:
+                    job = await self.jobs.get(job_id)
+                    if job is not None and job.finished:
+                        return job
+        finally:
+            if future in self._waiters.get(job_id, []):
+                self._waiters[job_id].remove(future)
 
     # -- queue positions ---------------------------------------------------------------------------
     def _queue_changed(self) -> None:
@@ -349,7 +399,10 @@ class GenerationService:
     def _publish_positions(self) -> None:
         self._publish_pending = False
         now = asyncio.get_running_loop().time()
+        shared = isinstance(self.scheduler, SharedScheduler)
         for job_id, position in self.scheduler.positions().items():
+            if shared and job_id not in self._mine:
+                continue  # another process admitted it: its user hears from that one
             # Tell the user only when their place changes (Discord limits edits per interaction);
             # far back in a long queue, at most every DISTANT_PLACE_EVERY_S (a burst of edits
             # for hundreds of waiting jobs on every start would compete with acknowledgements).
@@ -375,6 +428,7 @@ class GenerationService:
         self._published_at.pop(job_id, None)
 
     def _finished(self, job_id: int) -> None:
+        self._mine.discard(job_id)
         self._forget_position(job_id)
         for future in self._waiters.pop(job_id, []):
             if not future.done():

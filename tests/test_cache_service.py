@@ -28,6 +28,7 @@ from bot.pipeline import Pipeline
 from bot.requests import GenerationRequest, RequestBuilder
 from bot.scheduler import QueuePosition
 from bot.storage.connect import open_store
+from bot.storage.db import Store
 from bot.storage.jobs import Job, JobStore, NewJob
 from bot.storage.reports import usage_summary
 from tests.fakes.image_api import FakeImageApi, Reply
@@ -480,6 +481,12 @@ async def test_the_ledger_shows_the_hit_at_zero_cost(pipeline: Pipeline, clock: 
 # -- restart --------------------------------------------------------------------------------------------------
 
 
+async def left_by_a_dead_process(store: Store, job: NewJob) -> None:
+    """A queued job as a process that died left it (in a shared queue: held by it, the lease run out)."""
+    await JobStore(store).insert(job)
+    await store.write("UPDATE jobs SET claimed_by = 'dead', lease_until = 0 WHERE id = ?", (job.id,))
+
+
 def _queued_copy(job_id: int, request: GenerationRequest, user_id: int) -> NewJob:
     params = request.params
     return NewJob(
@@ -507,7 +514,7 @@ async def test_a_follower_left_queued_by_a_restart_is_answered_from_the_cache(
         leader = await make(pipeline, imagine(settings), member(42), job_id=1)
     # the previous process died with an identical follower still queued (its leader delivered)
     store = await open_store(settings.database_url)
-    await JobStore(store).insert(_queued_copy(2, imagine(settings), 43))
+    await left_by_a_dead_process(store, _queued_copy(2, imagine(settings), 43))
     await store.close()
     async with running(settings, delivery, clock) as pipeline:  # resume() picks it up
         job = await asyncio.wait_for(pipeline.service.wait(2), 10)
@@ -522,7 +529,7 @@ async def test_identical_jobs_resumed_after_a_restart_still_share_one_upstream_c
     settings = settings_for(upstream_concurrency=2)
     store = await open_store(settings.database_url)
     for job_id, user_id in ((1, 42), (2, 43), (3, 44)):  # a leader and its followers, all still queued
-        await JobStore(store).insert(_queued_copy(job_id, imagine(settings), user_id))
+        await left_by_a_dead_process(store, _queued_copy(job_id, imagine(settings), user_id))
     await store.close()
     fake_api.latency_s = 0.3
     async with running(settings, delivery, clock) as pipeline:
@@ -566,7 +573,7 @@ async def test_a_cache_hit_decided_at_dispatch_gives_its_permit_back_before_its_
     async with running(settings, RecordingDelivery(), clock) as pipeline:
         await make(pipeline, imagine(settings), member(42), job_id=1)
     store = await open_store(settings.database_url)  # left queued by a restart: a hit when it runs
-    await JobStore(store).insert(_queued_copy(2, imagine(settings), 43))
+    await left_by_a_dead_process(store, _queued_copy(2, imagine(settings), 43))
     await store.close()
     delivery = SlowUploadDelivery(slow_job=2)
     async with running(settings, delivery, clock) as pipeline:

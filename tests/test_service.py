@@ -224,6 +224,8 @@ async def seed(settings: Settings, *jobs: tuple[int, str, dict]) -> None:
             await repo.mark_generated(
                 job_id, request_id="req-old", image_url=fields["url"], revised_prompt="", upstream_fen=18
             )
+        # in a shared queue (PostgreSQL) the dead process held them, and its leases have run out
+        await store.write("UPDATE jobs SET claimed_by = 'dead', lease_until = 0 WHERE id = ?", (job_id,))
     await store.close()
 
 

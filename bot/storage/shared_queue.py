@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bot.fair_queue import QueueItem
+from bot.fair_queue import FairQueue, QueueItem
 from bot.storage.db import Store, Transaction
 
 GUILD_TURN = ""  # the user_key of a guild's own row in queue_turns
@@ -176,16 +176,14 @@ class SharedQueue:
         reclaimed: list[Reclaimed] = []
         async with self._store.transaction() as db:
             cursor = await db.execute(
-                "SELECT id, state, attempts, queue_guild, requester FROM jobs WHERE claimed_by IS NOT NULL"
+                "SELECT id, state, attempts, queue_guild, guild_id, requester FROM jobs WHERE claimed_by IS NOT NULL"
                 " AND lease_until < ? AND state IN (?, ?, ?) ORDER BY fair_order" + self._skip_locked,
                 (now, *UNFINISHED),
             )
             for row in await cursor.fetchall():
                 job_id, state, attempts = int(row["id"]), row["state"], int(row["attempts"])
-                requeue = state == "queued" or (state == "submitting" and attempts < 2)
-                if requeue and row["queue_guild"] is not None:
-                    await db.execute("UPDATE jobs SET state = 'queued' WHERE id = ?", (job_id,))
-                    await self.push_in(db, job_id, row["queue_guild"], row["requester"], front=True)
+                if state == "queued" or (state == "submitting" and attempts < 2):
+                    await self._requeue(db, row)
                 else:
                     await db.execute(
                         "UPDATE jobs SET claimed_by = ?, lease_until = ? WHERE id = ?",
@@ -194,15 +192,46 @@ class SharedQueue:
                 reclaimed.append(Reclaimed(job_id, state, attempts))
         return reclaimed
 
+    async def hand_back(self) -> int:
+        """At a graceful stop: the jobs this process took but never sent go back to the head of
+        their queues at once (not when the lease runs out). Returns how many."""
+        async with self._store.transaction() as db:
+            cursor = await db.execute(
+                "SELECT id, queue_guild, guild_id, requester FROM jobs WHERE claimed_by = ? AND state = 'queued'",
+                (self.owner,),
+            )
+            rows = await cursor.fetchall()
+            for row in rows:
+                await self._requeue(db, row)
+        return len(rows)
+
+    async def _requeue(self, db: Transaction, row: Any) -> None:
+        """Back to the head of its queue, queued and unclaimed. A job that was never in the turns
+        (it followed an identical request) joins its guild's queue: the key of bot.contracts.guild_key."""
+        gid = row["guild_id"]
+        queue = row["queue_guild"] or (f"guild:{gid}" if gid is not None else "cli")
+        await db.execute("UPDATE jobs SET state = 'queued' WHERE id = ?", (int(row["id"]),))
+        await self.push_in(db, int(row["id"]), queue, row["requester"], front=True)
+
     # -- the order, for positions ---------------------------------------------------------------
-    async def waiting(self) -> list[QueueItem]:
-        """Every waiting job in dispatch order (computed from the turns, as the claims would go)."""
-        turns = await self._store.fetch_all("SELECT guild_key, user_key, turn FROM queue_turns ORDER BY turn")
-        jobs = await self._store.fetch_all(
+    async def snapshot(self) -> FairQueue:
+        """Every waiting job, in the order claims will take them: the turns read back into a
+        FairQueue (for positions, ETAs and admission estimates in every process)."""
+        turns = await self._store.fetch_all("SELECT guild_key, user_key FROM queue_turns ORDER BY turn")
+        rows = await self._store.fetch_all(
             "SELECT id, queue_guild, requester FROM jobs WHERE state = 'queued' AND claimed_by IS NULL"
             " AND queue_guild IS NOT NULL ORDER BY fair_order"
         )
-        return dispatch_order(turns, jobs)
+        guilds = [t["guild_key"] for t in turns if t["user_key"] == GUILD_TURN]
+        users: dict[str, list[str]] = {}
+        for t in turns:
+            if t["user_key"] != GUILD_TURN:
+                users.setdefault(t["guild_key"], []).append(t["user_key"])
+        items = [QueueItem(int(r["id"]), r["queue_guild"], r["requester"], 0.0) for r in rows]
+        return FairQueue.restore(guilds, users, items)
+
+    async def waiting(self) -> list[QueueItem]:
+        return (await self.snapshot()).order()
 
     # -- internals ------------------------------------------------------------------------------
     async def _next(self, db: Transaction) -> int:
@@ -248,32 +277,3 @@ class SharedQueue:
 
 async def _first(db: Transaction, sql: str, params: Any) -> Any | None:
     return await (await db.execute(sql, params)).fetchone()
-
-
-def dispatch_order(turns: list[Any], jobs: list[Any]) -> list[QueueItem]:
-    """The order in which claims would take the waiting jobs, simulated from the turns: the
-    guild with the lowest turn, its user with the lowest turn, that user's first job; then the
-    user and the guild go to the back."""
-    queues: dict[tuple[str, str], list[int]] = {}
-    for job in jobs:
-        queues.setdefault((job["queue_guild"], job["requester"]), []).append(int(job["id"]))
-    guild_order: list[str] = []
-    user_order: dict[str, list[str]] = {}
-    for row in turns:  # ascending turns
-        guild_key, user_key = row["guild_key"], row["user_key"]
-        if user_key == GUILD_TURN:
-            guild_order.append(guild_key)
-        elif queues.get((guild_key, user_key)):
-            user_order.setdefault(guild_key, []).append(user_key)
-    order: list[QueueItem] = []
-    guilds = [g for g in guild_order if user_order.get(g)]
-    while guilds:
-        guild_key = guilds.pop(0)
-        users = user_order[guild_key]
-        user_key = users.pop(0)
-        order.append(QueueItem(queues[(guild_key, user_key)].pop(0), guild_key, user_key, 0.0))
-        if queues[(guild_key, user_key)]:
-            users.append(user_key)
-        if users:
-            guilds.append(guild_key)
-    return order

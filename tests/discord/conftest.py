@@ -67,8 +67,12 @@ class BotHarness:
         assert bot.is_ready(), "the bot did not become ready"
         return bot
 
-    async def stop(self) -> None:
+    async def stop(self, *, force: bool = False) -> None:
+        """A graceful close (requests already sent upstream finish first); `force`: as after a
+        second signal (the end of a test need not wait for a slow fake generation)."""
         if self.bot is not None:
+            if force:
+                self.bot.force_stop()
             await self.bot.close()
         if self._task is not None:
             with contextlib.suppress(Exception):
@@ -124,7 +128,7 @@ async def harness(fake_discord: FakeDiscord, fake_api: FakeImageApi, make_settin
     try:
         yield harness
     finally:
-        await harness.stop()
+        await harness.stop(force=True)
 
 
 EPHEMERAL = 64
