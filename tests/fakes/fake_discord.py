@@ -12,6 +12,11 @@ method is thread-safe. See /work/shared/docs/discord-wire.md for the wire traps 
     sent = fake.send_slash("imagine", {"prompt": "a cat"})
     msg = await fake.wait_for(lambda f: f.original_message(sent.id))
 
+Sharding: a bot that identifies with ``shard: [id, count]`` (an ``AutoShardedClient``, or one
+process per shard) gets only that shard's guilds, and each guild's interactions go to its shard's
+session; ``sessions`` shows what each session was sent, ``FakeGuild.on_shard`` makes a guild on a
+given shard.
+
 Standalone (benchmarks): ``python -m tests.fakes.fake_discord [--port 0] [--guilds 1]`` prints
 ``FAKE_DISCORD <api_base> <gateway_url>`` and serves until SIGTERM; push interactions with
 ``POST /_control/slash`` / ``/_control/click`` and read ``GET /_control/messages`` / ``/_control/state``
@@ -35,7 +40,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from tests.fakes.fake_discord_control import ControlRoutes
-from tests.fakes.fake_discord_gateway import GatewayConn, GatewayMixin, GatewaySession
+from tests.fakes.fake_discord_gateway import GatewayConn, GatewayMixin, GatewaySession, SessionRecord
 from tests.fakes.fake_discord_models import (
     ATTACHMENT_SIZE_LIMIT,
     DEFAULT_PERMISSIONS,
@@ -52,13 +57,23 @@ from tests.fakes.fake_discord_models import (
     member_payload,
     new_snowflake,
     random_token,
+    shard_of,
     user_payload,
     walk_components,
 )
 from tests.fakes.fake_discord_rest import RestRoutes, Rule
 from tests.fakes.loopback import LoopbackServer
 
-__all__ = ["DEFAULT_PERMISSIONS", "FakeDiscord", "FakeGuild", "FakeMessage", "FakeRequest", "SentInteraction"]
+__all__ = [
+    "DEFAULT_PERMISSIONS",
+    "FakeDiscord",
+    "FakeGuild",
+    "FakeMessage",
+    "FakeRequest",
+    "SentInteraction",
+    "SessionRecord",
+    "shard_of",
+]
 
 T = TypeVar("T")
 
@@ -103,6 +118,7 @@ class FakeDiscord(RestRoutes, GatewayMixin, ControlRoutes):
         self._identify_count = 0
         self._resume_count = 0
         self._identifies: list[dict[str, Any]] = []
+        self._gateway_connections = 0
         self._sessions: dict[str, GatewaySession] = {}
         self._conns: set[GatewayConn] = set()
         for guild in [FakeGuild()] if guilds is None else guilds:
@@ -168,7 +184,7 @@ class FakeDiscord(RestRoutes, GatewayMixin, ControlRoutes):
             self._guilds[guild.id] = guild
             for cid in guild.channel_ids:
                 self._channels[cid] = {"guild_id": guild.id, "payload": guild_channel_payload(guild, cid)}
-        if getattr(self, "_started", False) and self._has_ready_bot():
+        if getattr(self, "_started", False) and self._has_ready_session_for(guild.id):  # its shard's bot
             self._push_event("GUILD_CREATE", guild_create_payload(guild, self._bot_user, time.time()))
         return guild
 
@@ -562,6 +578,24 @@ class FakeDiscord(RestRoutes, GatewayMixin, ControlRoutes):
             return self._resume_count
 
     @property
+    def gateway_connections(self) -> int:
+        """Websocket connections ever opened to the gateway (a bot that never connects: 0)."""
+        with self._lock:
+            return self._gateway_connections
+
+    @property
+    def sessions(self) -> list[SessionRecord]:
+        """Every gateway session, oldest first: its shard, the guilds announced to it and the
+        interactions dispatched to it."""
+        return self._session_records()
+
+    @property
+    def ready_shards(self) -> set[tuple[int, int]]:
+        """(shard id, shard count) of every connected session that has had READY and its guilds
+        ((0, 1) for an unsharded one)."""
+        return {s.shard or (0, 1) for s in self.sessions if s.ready and s.connected and not s.replaced}
+
+    @property
     def identify_payloads(self) -> list[dict[str, Any]]:
         """IDENTIFY payloads received (token removed): intents, properties, shard..."""
         with self._lock:
@@ -619,7 +653,8 @@ class FakeDiscord(RestRoutes, GatewayMixin, ControlRoutes):
                 f"  {m.id} ch={m.channel_id} flags={m.flags} deleted={m.deleted} content={m.content[:60]!r}"
                 for m in list(self._messages.values())[-8:]
             ]
-            counts = f"identify_count={self._identify_count} connected_sessions={connected}"
+            shards = sorted(s.shard_key for s in self._sessions.values() if s.conn is not None)
+            counts = f"identify_count={self._identify_count} connected_sessions={connected} shards={shards}"
         return "\n".join(
             [f"fake discord: timed out after {timeout}s waiting for: {what}", counts, "last requests:", *reqs]
             + ["last messages:", *msgs]

@@ -3,6 +3,12 @@
 A mixin of ``FakeDiscord`` (``fake_discord.py``). HELLO -> IDENTIFY -> READY + one GUILD_CREATE
 per guild, heartbeat ACKs, RESUME with replay of missed events (or op 9 when the session is gone),
 and dispatches pushed by the test with increasing sequence numbers.
+
+Sharding as Discord does it: an IDENTIFY with ``shard: [id, count]`` gets READY and GUILD_CREATE
+for that shard's guilds only (``(guild_id >> 22) % count == id``), and every event of a guild goes
+to a session of the guild's shard (DMs and other guild-less events to shard 0). Without ``shard``
+a session has every guild. A new session replaces the older ones of the same shard (and any of
+another shard count); sessions of the other shards stay.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from tests.fakes.fake_discord_models import guild_create_payload
+from tests.fakes.fake_discord_models import guild_create_payload, shard_of
 
 HEARTBEAT_INTERVAL_MS = 41250
 BACKLOG = 1000
@@ -40,6 +46,44 @@ class GatewaySession:
     invalid: bool = False  # closed with 1000/1001 or replaced: cannot be resumed
     conn: GatewayConn | None = None
     backlog: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=BACKLOG))
+    shard: tuple[int, int] | None = None  # (id, count) from IDENTIFY; None: unsharded (every guild)
+    guild_ids: list[int] = field(default_factory=list)  # announced to it (GUILD_CREATE)
+    interaction_ids: list[int] = field(default_factory=list)  # INTERACTION_CREATE dispatched to it
+
+    @property
+    def shard_key(self) -> tuple[int, int]:
+        return self.shard or (0, 1)
+
+    def serves(self, guild_id: int | None) -> bool:
+        """Discord sends this guild's events (None: a DM) to this session's shard."""
+        shard_id, count = self.shard_key
+        return shard_of(guild_id, count) == shard_id
+
+    def replaces(self, other: GatewaySession) -> bool:
+        """A newer session takes over the same shard; with another shard count, every shard."""
+        (mine, count), (theirs, other_count) = self.shard_key, other.shard_key
+        return count != other_count or mine == theirs
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """What a test can inspect about one gateway session (a copy)."""
+
+    session_id: str
+    shard: tuple[int, int] | None
+    connected: bool
+    ready: bool
+    replaced: bool  # closed for good or superseded: events no longer go to it
+    guild_ids: tuple[int, ...]
+    interaction_ids: tuple[int, ...]
+
+
+def _event_guild_id(event: str, data: Any) -> int | None:
+    """The guild an event belongs to (its shard's session gets it); None for DMs and the like."""
+    if not isinstance(data, dict):
+        return None
+    raw = data.get("id") if event in ("GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE") else data.get("guild_id")
+    return int(raw) if raw is not None else None
 
 
 class GatewayMixin:
@@ -51,6 +95,7 @@ class GatewayMixin:
         conn = GatewayConn(ws)
         with self._lock:
             self._conns.add(conn)
+            self._gateway_connections += 1
         try:
             await self._send_frame(conn, {"op": 10, "d": {"heartbeat_interval": HEARTBEAT_INTERVAL_MS}})
             async for msg in ws:
@@ -95,17 +140,21 @@ class GatewayMixin:
         if conn.session is not None:
             await conn.ws.close(code=4005, message=b"Already authenticated.")
             return
-        session = GatewaySession(secrets.token_hex(16), time.time(), d.get("intents"))
+        shard = _shard(d.get("shard"))
+        if shard is False:
+            await conn.ws.close(code=4010, message=b"Invalid shard.")
+            return
+        session = GatewaySession(secrets.token_hex(16), time.time(), d.get("intents"), shard=shard)
         with self._lock:
             self._identify_count += 1
             self._identifies.append({k: v for k, v in d.items() if k != "token"})
             self._sessions[session.session_id] = session
-            for other in self._sessions.values():  # one bot at a time: older sessions are superseded
-                if other is not session:
+            for other in self._sessions.values():  # one bot per shard: older sessions are superseded
+                if other is not session and session.replaces(other):
                     other.invalid = True
             session.conn = conn
             conn.session = session
-            guilds = list(self._guilds.values())
+            guilds = [g for g in self._guilds.values() if session.serves(g.id)]
         ready: dict[str, Any] = {
             "v": 10,
             "user": {**self._bot_user, "verified": True, "mfa_enabled": False, "email": None},
@@ -169,6 +218,10 @@ class GatewayMixin:
 
     async def _dispatch(self, session: GatewaySession, event: str, data: Any) -> int:
         with self._lock:
+            if event == "GUILD_CREATE":
+                session.guild_ids.append(int(data["id"]))
+            elif event == "INTERACTION_CREATE":
+                session.interaction_ids.append(int(data["id"]))
             session.seq += 1
             seq = session.seq
             text = json.dumps({"op": 0, "t": event, "s": seq, "d": data})
@@ -178,19 +231,47 @@ class GatewayMixin:
             await self._send_text(conn, text)
         return seq
 
-    def _current_session(self) -> GatewaySession | None:
-        """The newest session that can take events (connected, or resumable)."""
+    def _current_session(self, guild_id: int | None = None, *, any_guild: bool = True) -> GatewaySession | None:
+        """The newest session that can take events (connected, or resumable); unless `any_guild`,
+        only a session of the shard that `guild_id` (None: a DM) belongs to."""
         with self._lock:
-            live = [s for s in self._sessions.values() if not s.invalid]
+            live = [s for s in self._sessions.values() if not s.invalid and (any_guild or s.serves(guild_id))]
             connected = [s for s in live if s.conn is not None and s.ready]
             pool = connected or live
             return max(pool, key=lambda s: s.identified_at) if pool else None
 
     async def _push_async(self, event: str, data: Any) -> int:
-        session = self._current_session()
+        guild_id = _event_guild_id(event, data)
+        session = self._current_session(guild_id, any_guild=False)
         if session is None:
-            raise RuntimeError(f"cannot push {event}: no bot has identified with the fake gateway")
+            with self._lock:
+                anyone = any(not s.invalid for s in self._sessions.values())
+            if not anyone:
+                raise RuntimeError(f"cannot push {event}: no bot has identified with the fake gateway")
+            where = f"guild {guild_id}" if guild_id is not None else "DMs"
+            raise RuntimeError(f"cannot push {event}: no bot has identified for the shard of {where}")
         return await self._dispatch(session, event, data)
+
+    def _has_ready_session_for(self, guild_id: int | None) -> bool:
+        with self._lock:
+            return any(
+                s.ready and s.conn is not None and not s.invalid and s.serves(guild_id) for s in self._sessions.values()
+            )
+
+    def _session_records(self) -> list[SessionRecord]:
+        with self._lock:
+            return [
+                SessionRecord(
+                    s.session_id,
+                    s.shard,
+                    s.conn is not None,
+                    s.ready,
+                    s.invalid,
+                    tuple(s.guild_ids),
+                    tuple(s.interaction_ids),
+                )
+                for s in sorted(self._sessions.values(), key=lambda s: s.identified_at)
+            ]
 
     def _has_ready_bot(self, min_identifies: int = 1) -> bool:
         with self._lock:
@@ -209,3 +290,17 @@ class GatewayMixin:
         conn = session.conn if session is not None else None
         if conn is not None:
             await conn.ws.close(code=code)
+
+
+def _shard(value: Any) -> tuple[int, int] | None | bool:
+    """IDENTIFY's ``shard``: None when absent, (id, count) when valid, False when invalid (4010)."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        and 0 <= value[0] < value[1]
+    ):
+        return (value[0], value[1])
+    return False

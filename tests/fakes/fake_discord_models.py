@@ -82,8 +82,24 @@ class SnowflakeGenerator:
             self._last = max(candidate, self._last + 1)
             return self._last
 
+    def on_shard(self, shard_id: int, shard_count: int) -> int:
+        """A new id whose guild lives on this shard (its timestamp moved at most shard_count-1 ms ahead)."""
+        with self._lock:
+            candidate = max((int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22, self._last + 1)
+            stamp = candidate >> 22
+            ahead = (shard_id - stamp) % shard_count
+            if ahead:
+                candidate = (stamp + ahead) << 22
+            self._last = candidate
+            return candidate
+
 
 new_snowflake = SnowflakeGenerator()  # one per process, so guild, channel and message ids never collide
+
+
+def shard_of(guild_id: int | None, shard_count: int) -> int:
+    """Discord's rule: a guild's events go to shard (guild_id >> 22) % shard_count; DMs to shard 0."""
+    return 0 if guild_id is None else (guild_id >> 22) % shard_count
 
 
 # -- records ---------------------------------------------------------------------------------
@@ -100,6 +116,11 @@ class FakeGuild:
         self.id = self.id or new_snowflake()
         if not self.channel_ids:
             self.channel_ids = [new_snowflake(), new_snowflake()]
+
+    @classmethod
+    def on_shard(cls, shard_id: int, shard_count: int, **kwargs: Any) -> FakeGuild:
+        """A guild whose events Discord sends to shard ``shard_id`` of ``shard_count``."""
+        return cls(id=new_snowflake.on_shard(shard_id, shard_count), **kwargs)
 
 
 @dataclass

@@ -18,7 +18,7 @@ import pytest
 from discord import app_commands
 from discord.ext import commands
 
-from tests.fakes.fake_discord import FakeDiscord
+from tests.fakes.fake_discord import FakeDiscord, FakeGuild, shard_of
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(64))
 REPO = Path(__file__).resolve().parents[2]
@@ -119,9 +119,32 @@ def fake() -> Any:
     fake.stop()
 
 
+class ShardedBot(commands.AutoShardedBot):
+    """An AutoShardedBot with one command that says which shard its guild is on."""
+
+    def __init__(self, **shards: Any) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            help_command=None,
+            guild_ready_timeout=0.05,
+            **shards,
+        )
+        self.seen: list[tuple[int, int]] = []  # (guild id or 0 for a DM, shard id)
+        self.errors: list[BaseException] = []
+
+        @self.tree.command(description="Which shard am I on?")
+        async def where(interaction: discord.Interaction) -> None:
+            shard = interaction.guild.shard_id if interaction.guild is not None else 0
+            self.seen.append((interaction.guild_id or 0, shard))
+            await interaction.response.send_message(f"shard {shard}")
+
+
 @contextlib.asynccontextmanager
-async def running(fake: FakeDiscord) -> AsyncIterator[TinyBot]:
-    bot = TinyBot()
+async def running(fake: FakeDiscord, bot: Any = None) -> AsyncIterator[Any]:
+    bot = bot or TinyBot()
     task = asyncio.create_task(bot.start(fake.bot_token))
     try:
         for _ in range(1000):
@@ -375,6 +398,107 @@ async def test_wire_details_without_a_bot(fake: FakeDiscord) -> None:
             await ws.send_json({"op": 6, "d": resume})
             assert await ws.receive_json() == {"op": 9, "d": False, "s": None, "t": None}
     assert fake.identify_count == 1 and fake.resume_count == 1
+
+
+# -- sharding ------------------------------------------------------------------------------------
+@pytest.fixture
+def sharded() -> Any:
+    """A fake Discord with four guilds, two on each shard of two."""
+    guilds = [FakeGuild.on_shard(n % 2, 2, name=f"Guild {n}") for n in range(4)]
+    fake = FakeDiscord(guilds=guilds).start()
+    restore = fake.point_discord_py_here()
+    yield fake
+    restore()
+    fake.stop()
+
+
+def on_shard(fake: FakeDiscord, shard: int) -> list[int]:
+    return [g.id for g in fake.guilds if shard_of(g.id, 2) == shard]
+
+
+async def answered(fake: FakeDiscord, sent: Any) -> str:
+    return (await fake.wait_for(lambda f: f.original_message(sent.id))).content
+
+
+async def test_an_auto_sharded_client_gets_each_guilds_events_on_its_shard(sharded: FakeDiscord) -> None:
+    async with running(sharded, ShardedBot(shard_count=2)) as bot:
+        assert sorted(p["shard"] for p in sharded.identify_payloads) == [[0, 2], [1, 2]]
+        assert sharded.ready_shards == {(0, 2), (1, 2)}
+        sessions = {s.shard: s for s in sharded.sessions}
+        for shard in (0, 1):  # READY and GUILD_CREATE: only the shard's own guilds
+            assert sorted(sessions[(shard, 2)].guild_ids) == sorted(on_shard(sharded, shard))
+        assert {g.id for g in bot.guilds} == {g.id for g in sharded.guilds}
+
+        sent = {gid: sharded.send_slash("where", guild_id=gid) for gid in (g.id for g in sharded.guilds)}
+        dm = sharded.send_dm_slash("where", user_id=555)
+        for gid, one in sent.items():
+            assert await answered(sharded, one) == f"shard {shard_of(gid, 2)}"
+        assert await answered(sharded, dm) == "shard 0"
+        sessions = {s.shard: s for s in sharded.sessions}
+        for shard in (0, 1):  # each interaction went to the session of its guild's shard, DMs to shard 0
+            expected = [one.id for gid, one in sent.items() if shard_of(gid, 2) == shard] + (
+                [dm.id] if shard == 0 else []
+            )
+            assert sorted(sessions[(shard, 2)].interaction_ids) == sorted(expected)
+        assert sorted(bot.seen) == sorted([(gid, shard_of(gid, 2)) for gid in sent] + [(0, 0)])
+    # Given the shard count, discord.py never asks GET /gateway/bot (it connects to DEFAULT_GATEWAY).
+    assert sharded.requests_to("GET", r"^/gateway") == []
+
+
+async def test_two_clients_with_one_shard_each_see_only_their_shards_guilds(sharded: FakeDiscord) -> None:
+    async with running(sharded, ShardedBot(shard_count=2, shard_ids=[0])) as first:
+        async with running(sharded, ShardedBot(shard_count=2, shard_ids=[1])) as second:
+            assert {g.id for g in first.guilds} == set(on_shard(sharded, 0))
+            assert {g.id for g in second.guilds} == set(on_shard(sharded, 1))
+            sent = [sharded.send_slash("where", guild_id=g.id) for g in sharded.guilds]
+            dm = sharded.send_dm_slash("where", user_id=555)
+            for one in [*sent, dm]:
+                await answered(sharded, one)
+            assert sorted(first.seen) == sorted([(gid, 0) for gid in on_shard(sharded, 0)] + [(0, 0)])
+            assert sorted(second.seen) == sorted((gid, 1) for gid in on_shard(sharded, 1))
+
+            joined = sharded.add_guild(FakeGuild.on_shard(1, 2, name="Joined later"))  # to shard 1's bot only
+            await sharded.wait_for(lambda f: second.get_guild(joined.id))
+            assert first.get_guild(joined.id) is None
+        # The shard-1 bot is gone (closed with 1000): its guilds' events have nowhere to go.
+        await sharded.wait_for(lambda f: [s.replaced for s in f.sessions if s.shard == (1, 2)] == [True])
+        with pytest.raises(RuntimeError, match="no bot has identified for the shard"):
+            sharded.send_slash("where", guild_id=on_shard(sharded, 1)[0])
+        second_guild = sharded.send_slash("where", guild_id=on_shard(sharded, 0)[1])
+        assert await answered(sharded, second_guild) == "shard 0"
+
+
+async def test_sessions_replace_only_their_own_shard_and_a_bad_shard_is_refused(sharded: FakeDiscord) -> None:
+    async def identify(http: aiohttp.ClientSession, shard: list[int] | None) -> tuple[Any, list[str]]:
+        ws = await http.ws_connect(sharded.gateway_url)
+        await ws.receive_json()  # HELLO
+        d: dict[str, Any] = {"token": sharded.bot_token, "intents": 1}
+        if shard is not None:
+            d["shard"] = shard
+        await ws.send_json({"op": 2, "d": d})
+        ready = await ws.receive_json()
+        guilds = [(await ws.receive_json())["d"]["id"] for _ in ready["d"]["guilds"]]
+        return ws, guilds
+
+    async with aiohttp.ClientSession() as http:
+        first, guilds0 = await identify(http, [0, 2])
+        second, guilds1 = await identify(http, [1, 2])
+        assert sorted(int(g) for g in guilds0) == sorted(on_shard(sharded, 0))
+        assert sorted(int(g) for g in guilds1) == sorted(on_shard(sharded, 1))
+        again, _ = await identify(http, [0, 2])  # shard 0 restarted elsewhere: replaces shard 0 only
+        assert [(s.shard, s.replaced) for s in sharded.sessions] == [((0, 2), True), ((1, 2), False), ((0, 2), False)]
+        whole, guilds = await identify(http, None)  # unsharded: every guild, replaces every shard
+        assert sorted(int(g) for g in guilds) == sorted(g.id for g in sharded.guilds)
+        assert [s.replaced for s in sharded.sessions] == [True, True, True, False]
+
+        bad = await http.ws_connect(sharded.gateway_url)
+        await bad.receive_json()
+        await bad.send_json({"op": 2, "d": {"token": sharded.bot_token, "intents": 1, "shard": [2, 2]}})
+        await bad.receive()
+        assert bad.close_code == 4010
+        for ws in (first, second, again, whole, bad):
+            await ws.close()
+    assert sharded.gateway_connections == 5
 
 
 async def test_standalone_process() -> None:
