@@ -4,7 +4,8 @@ Keyed by the preset's cache key (prompt, size, negative prompt, prompt_extend, w
 model). The bytes live in the content-addressed image store (`CACHE_DIR`, files written
 atomically); the index lives in SQLite. Entries expire after `CACHE_TTL_HOURS`, and the least
 recently used go first when the files pass `CACHE_MAX_MB`. A missing or corrupt file is a miss
-(and its entry is dropped).
+(and its entry is dropped, except on a store shared by several machines, where the file may be
+on another one).
 """
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ class ResultCache:
         data = await self._images.get(row["sha256"])  # checks the bytes against their hash
         kind = sniff_kind(data) if data else None
         if data is None or kind is None:
-            await self._drop([key])
+            # On a store shared by several machines the file may simply live on another one: a
+            # miss here, and the entry stays for the machine that has it. Alone, it is stale.
+            if self._store.dialect != "postgresql":
+                await self._drop([key])
             return None
         await self._store.write("UPDATE image_cache SET last_used_at = ? WHERE key = ?", (iso(self._utcnow()), key))
         return CacheHit(key, row["sha256"], DownloadedImage(data, kind), row["source_job_id"], row["request_id"])

@@ -87,7 +87,8 @@ async def test_a_corrupt_or_missing_file_is_a_miss(parts) -> None:
     sha = await put_png(parts, cache, "k1", 1)
     parts[1].path_for(sha).write_bytes(b"garbage")
     assert await cache.get("k1") is None
-    assert (await cache.stats()).entries == 0  # the broken entry is dropped
+    # alone, the broken entry is dropped; on a store shared by machines, another may have the file
+    assert (await cache.stats()).entries == (0 if parts[0].dialect == "sqlite" else 1)
     sha = await put_png(parts, cache, "k2", 2)
     parts[1].path_for(sha).unlink()
     assert await cache.get("k2") is None
