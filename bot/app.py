@@ -1,5 +1,12 @@
 """The Discord bot: builds the pipeline in setup_hook, loads the cogs, syncs commands sparingly,
 and shuts down gracefully (stop accepting, let running generations finish, keep the rest queued).
+
+Sharding (SHARD_COUNT, SHARD_IDS): the bot is an `AutoShardedBot`, so one process runs the shards
+it is given (all of them by default; without SHARD_COUNT, as many as Discord recommends). With a
+shared store (PostgreSQL) any process runs any job and delivers it through the interaction's
+webhook or a channel post, which need no gateway connection: a process with no shard at all
+(SHARD_IDS=none, a pure worker) logs in over REST and only runs jobs. Only the process with
+shard 0 syncs the commands.
 """
 
 from __future__ import annotations
@@ -41,7 +48,19 @@ def point_at_discord(settings: Settings) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
-class ImagineBot(commands.Bot):
+def describe_shards(settings: Settings) -> str:
+    """What this process connects, for log lines: 'every shard', 'shards 0, 1 of 4', 'no shard'."""
+    if settings.pure_worker:
+        return "no shard (a pure worker: SHARD_IDS=none)"
+    if settings.shard_count is None:
+        return "every shard (as many as Discord recommends)"
+    if settings.shard_ids is None:
+        return f"every shard of {settings.shard_count}"
+    ids = ", ".join(str(i) for i in settings.shard_ids)
+    return f"shard{'s' if len(settings.shard_ids) > 1 else ''} {ids} of {settings.shard_count}"
+
+
+class ImagineBot(commands.AutoShardedBot):
     def __init__(
         self,
         settings: Settings,
@@ -52,12 +71,15 @@ class ImagineBot(commands.Bot):
     ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True  # the only intent needed: no privileged intents
+        if settings.shard_ids:
+            options.setdefault("shard_ids", list(settings.shard_ids))
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,
             tree_cls=ImagineTree,
             help_command=None,
             allowed_mentions=discord.AllowedMentions.none(),  # the default for every message
+            shard_count=settings.shard_count,  # None: discord.py asks Discord (GET /gateway/bot)
             **options,  # type: ignore[arg-type]
         )
         self.settings = settings
@@ -67,6 +89,7 @@ class ImagineBot(commands.Bot):
         self._closing = False
         self._wall_clock = wall_clock  # injectable: tests move midnight
         self._result_view: ViewFactory | None = None  # registered by the Results cog
+        self._closed = asyncio.Event()  # set once close() is done: a pure worker's connect() returns
 
     @property
     def service(self) -> GenerationService:
@@ -101,7 +124,10 @@ class ImagineBot(commands.Bot):
             DiscordDelivery(self, self.result_view, utcnow=self._wall_clock),
             wall_clock=self._wall_clock,
         )
-        await self.sync_commands()
+        if self.settings.syncs_commands:
+            await self.sync_commands()
+        else:
+            log.info("not syncing commands: the process that runs shard 0 does")
         await self.pipeline.service.start()  # resumes every unfinished job from the store
 
     async def sync_commands(self, *, force: bool = False) -> bool:
@@ -122,8 +148,39 @@ class ImagineBot(commands.Bot):
         log.info("commands synced globally (Discord may take up to an hour to show changes)")
         return True
 
+    async def connect(self, *, reconnect: bool = True) -> None:
+        """Connect this process's shards; a pure worker connects none and waits to be closed
+        (setup_hook, run by login, has started the pipeline: it claims, runs and delivers jobs)."""
+        if self.settings.pure_worker:
+            log.info("pure worker (SHARD_IDS=none): no gateway connection; running jobs from the shared queue")
+            await self._closed.wait()
+            return
+        log.info("connecting %s", describe_shards(self.settings))
+        await super().connect(reconnect=reconnect)
+
+    async def launch_shards(self) -> None:
+        if self.shard_count is None and self.settings.discord_gateway_url:
+            # discord.py would connect to the URL named by GET /gateway/bot; a gateway proxy
+            # (DISCORD_GATEWAY_URL, already the default gateway) must stay in between: take only the count
+            self.shard_count, _url, _limits = await self.http.get_bot_gateway()
+        await super().launch_shards()
+
+    def shard_of(self, guild_id: int | None) -> int:
+        """The shard a guild's events arrive on (DMs: shard 0)."""
+        if guild_id is None or not self.shard_count:
+            return 0
+        return (guild_id >> 22) % self.shard_count
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        log.debug(
+            "interaction %s from %s on shard %d",
+            interaction.id,
+            f"guild {interaction.guild_id}" if interaction.guild_id else "a DM",
+            self.shard_of(interaction.guild_id),
+        )
+
     async def on_ready(self) -> None:
-        log.info("connected as %s in %d server(s)", self.user, len(self.guilds))
+        log.info("connected as %s in %d server(s), %s", self.user, len(self.guilds), describe_shards(self.settings))
 
     def force_stop(self) -> None:
         """A second signal: abandon requests in flight instead of waiting for them."""
@@ -131,15 +188,18 @@ class ImagineBot(commands.Bot):
             self.pipeline.service.force_stop()
 
     async def close(self) -> None:
-        if self.pipeline is not None and not self._closing:
-            self._closing = True
-            log.info(
-                "stopping: requests already sent upstream finish (a second signal forces); deliveries get %g s",
-                self.settings.shutdown_grace_s,
-            )
-            # new requests are refused ("restarting") while running ones finish and deliver
-            await self.pipeline.close()
-        await super().close()
+        try:
+            if self.pipeline is not None and not self._closing:
+                self._closing = True
+                log.info(
+                    "stopping: requests already sent upstream finish (a second signal forces); deliveries get %g s",
+                    self.settings.shutdown_grace_s,
+                )
+                # new requests are refused ("restarting") while running ones finish and deliver
+                await self.pipeline.close()
+        finally:
+            await super().close()
+            self._closed.set()
 
 
 def commands_digest(tree: discord.app_commands.CommandTree) -> str:

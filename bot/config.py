@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import ConfigError
@@ -23,6 +23,8 @@ from bot.money import cny_to_fen
 SPEC_SIZES = ("1328*1328", "1664*928", "928*1664", "1472*1140", "1140*1472")
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
+#: SHARD_IDS: None = every shard of SHARD_COUNT, () = none (a pure worker), else these shards
+ShardIds = Annotated[tuple[int, ...] | None, NoDecode]
 
 
 def _split_commas(value: object) -> object:
@@ -53,6 +55,13 @@ class Settings(BaseSettings):
     discord_gateway_url: str | None = None
     dev_guild_id: int | None = None
     log_level: str = "INFO"
+
+    # -- sharding (several processes, one shared store) ----------------------------------------
+    #: how many shards the bot's guilds are split into; None = discord.py asks Discord (one shard
+    #: below 2,500 guilds) and this process runs them all
+    shard_count: int | None = Field(None, ge=1, le=10_000)
+    #: the shards this process connects; None = all of SHARD_COUNT, () = none (a pure worker)
+    shard_ids: ShardIds = None
 
     # -- upstream limits ----------------------------------------------------------------------
     upstream_rpm: int = Field(60, ge=1, le=6000)
@@ -163,6 +172,57 @@ class Settings(BaseSettings):
             raise ValueError("use sqlite:///path/to/file.db or postgresql://user@host:port/database")
         return url
 
+    @field_validator("shard_count", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("shard_ids", mode="before")
+    @classmethod
+    def _parse_shard_ids(cls, value: object) -> object:
+        """Empty = every shard, `none` = no shard (a pure worker), `0,2` = these shards."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text:
+            return None
+        if text.lower() == "none":
+            return ()
+        ids = []
+        for item in (part.strip() for part in text.split(",")):
+            if not item:
+                continue
+            if not item.isdigit():
+                raise ValueError(f"'{item}' is not a shard number: use a comma list such as 0,1, or none")
+            ids.append(int(item))
+        return tuple(ids)
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _shards_fit_the_count(cls, ids: tuple[int, ...] | None, info: ValidationInfo) -> tuple[int, ...] | None:
+        if ids is None:
+            return None
+        if len(set(ids)) != len(ids):
+            raise ValueError("lists a shard twice")
+        if any(i < 0 for i in ids):
+            raise ValueError("shard numbers start at 0")
+        if ids and "shard_count" in info.data:  # absent: SHARD_COUNT itself is invalid (reported)
+            count = info.data["shard_count"]
+            if count is None:
+                raise ValueError("needs SHARD_COUNT, the total number of shards across every process")
+            if too_big := [i for i in ids if i >= count]:
+                raise ValueError(
+                    f"shard {too_big[0]} does not exist with SHARD_COUNT={count} (shards are 0 to {count - 1})"
+                )
+        on_sqlite = str(info.data.get("database_url", "")).startswith("sqlite:///")
+        if on_sqlite and (ids == () or len(ids) < (info.data.get("shard_count") or 0)):
+            what = "none makes a pure worker" if ids == () else "runs only some of the shards here"
+            raise ValueError(
+                f"{what}, so other bot processes must share one job queue with it: that needs"
+                " DATABASE_URL=postgresql://... (on SQLite each bot process keeps a queue of its own)"
+            )
+        return ids
+
     # -- derived values -------------------------------------------------------------------------
     # Money is integer fen (0.18 CNY = 18) everywhere below the settings (bot/money.py).
     @cached_property  # read on every request: settings do not change while the bot runs
@@ -187,6 +247,16 @@ class Settings(BaseSettings):
     @property
     def uses_postgres(self) -> bool:
         return not self.database_url.startswith("sqlite:///")
+
+    @property
+    def pure_worker(self) -> bool:
+        """SHARD_IDS=none: no gateway connection; this process only runs and delivers queued jobs."""
+        return self.shard_ids == ()
+
+    @property
+    def syncs_commands(self) -> bool:
+        """Only one process pushes the command definitions: the one with shard 0 (or every shard)."""
+        return self.shard_ids is None or 0 in self.shard_ids
 
     def require(self, *names: str) -> None:
         """Stop with a clear line if a value needed by this command is missing."""
