@@ -202,9 +202,11 @@ async def _migrate(pool: asyncpg.Pool, migrations: Sequence[Migration]) -> list[
     process at a time (an advisory lock held for the transaction)."""
     applied: list[int] = []
     async with pool.acquire() as connection:
-        await connection.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
-        )
+        async with connection.transaction():  # two processes starting on a fresh database: one creates it
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await connection.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
         for migration in sorted(migrations, key=lambda m: m.version):
             async with connection.transaction():
                 await connection.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)

@@ -398,3 +398,66 @@ async def test_a_pure_worker_connects_no_gateway_yet_runs_and_delivers_jobs(
     assert await asyncio.to_thread(worker.proc.wait, 20) == 0
     assert "stopping: requests already sent upstream finish" in worker.log_text()
     assert_no_secret_in_logs(bots)
+
+
+@ON_POSTGRES
+async def test_two_shard_processes_share_the_upstream_limits_and_the_fair_order(
+    bots: Processes, sharded_discord: FakeDiscord, fake_api: FakeImageApi
+) -> None:
+    """A flood in a guild of shard 0 and one request in a guild of shard 1, against an upstream
+    that enforces the account's limits: no 429 earned, and the light guild's job starts within
+    one turn of arriving although another process admitted it."""
+    fake = sharded_discord
+    fake_api.rpm_limit, fake_api.concurrency_limit, fake_api.latency_s = 120, 1, 0.4
+    limits = {"UPSTREAM_RPM": "120", "UPSTREAM_CONCURRENCY": "1", "USER_PENDING_MAX": "20"}
+    bots.start("shard-0", SHARD_IDS="0", **limits)
+    await bots.shard_ready(0)
+    bots.start("shard-1", SHARD_IDS="1", **limits)
+    await bots.shard_ready(1)
+    [flooded] = [g for g in fake.guilds if shard_of(g.id, SHARDS) == 0][:1]
+    [light] = [g for g in fake.guilds if shard_of(g.id, SHARDS) == 1][:1]
+    flood = [fake.send_slash("imagine", {"prompt": f"flood {n}"}, guild_id=flooded.id, user_id=3000) for n in range(8)]
+    await bots.until(lambda: len(fake_api.requests) >= 2)
+    started_before = len(fake_api.requests)
+    alone = fake.send_slash("imagine", {"prompt": "light"}, guild_id=light.id, user_id=3001)
+    rows = await until_all(bots, [*flood, alone], timeout=40)
+    assert {row["state"] for row in rows.values()} == {"delivered"}
+    prompts = [r.json["prompt"] for r in fake_api.requests]
+    assert prompts.index("light") <= started_before + 1, prompts  # within one turn of the flood
+    assert fake_api.rate_limited_count == 0 and fake_api.generation_count == 9
+    assert_no_secret_in_logs(bots)
+
+
+@ON_POSTGRES
+async def test_a_sigkilled_process_s_jobs_are_finished_by_the_other_once_each(
+    bots: Processes, sharded_discord: FakeDiscord, fake_api: FakeImageApi
+) -> None:
+    fake = sharded_discord
+    fake_api.latency_s = 1.0
+    env = {"UPSTREAM_CONCURRENCY": "1", "JOB_LEASE_S": "5", "USER_PENDING_MAX": "20"}
+    victim = bots.start("shard-0", SHARD_IDS="0", **env)
+    await bots.shard_ready(0)
+    survivor = bots.start("shard-1", SHARD_IDS="1", **env)
+    await bots.shard_ready(1)
+    [guild] = [g for g in fake.guilds if shard_of(g.id, SHARDS) == 0][:1]
+    sent = [
+        fake.send_slash("imagine", {"prompt": f"Beacon {n}"}, guild_id=guild.id, user_id=4000 + n) for n in range(4)
+    ]
+
+    async def victim_mid_request() -> bool:
+        rows = await job_rows(bots.database_url)
+        mine = [r for r in rows.values() if r["claimed_by"] and pid_of(r["claimed_by"]) == victim.proc.pid]
+        return len(rows) == len(sent) and any(r["state"] == "submitting" for r in mine)
+
+    await poll(victim_mid_request, bots, 20)
+    victim.proc.send_signal(signal.SIGKILL)
+    await asyncio.to_thread(victim.proc.wait, 10)
+    bots.running.remove(next(b for b in bots.running if b.proc is victim.proc))
+    killed_at = time.monotonic()
+    rows = await until_all(bots, sent, timeout=30)
+    assert time.monotonic() - killed_at < 5 + 10  # the lease, and a few seconds
+    assert [rows[one.id]["state"] for one in sent] == ["delivered"] * len(sent)
+    assert all(len(image_edits(fake, one)) == 1 for one in sent)  # each delivered once
+    assert sum(1 for row in rows.values() if row["attempts"] == 2) <= 1  # the one caught mid-request
+    assert len(sent) <= fake_api.generation_count <= len(sent) + 1
+    assert all(pid_of(row["claimed_by"]) == survivor.proc.pid for row in rows.values() if row["attempts"] == 2)
