@@ -25,10 +25,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from bot.fair_queue import FairQueue, QueueItem
-from bot.storage.db import Store, Transaction
+from bot.storage.db import Store, Transaction, iso
 
 GUILD_TURN = ""  # the user_key of a guild's own row in queue_turns
 UNFINISHED = ("queued", "submitting", "generated")
@@ -190,6 +191,17 @@ class SharedQueue:
                         (self.owner, now + self.lease_s, job_id),
                     )
                 reclaimed.append(Reclaimed(job_id, state, attempts))
+            # Strays: admitted (the row written) by a process that died before it queued them.
+            # Bot jobs only: a CLI job belongs to its own process. Old on the store's own clock,
+            # which wrote queued_at.
+            cursor = await db.execute(
+                "SELECT id, queue_guild, guild_id, requester FROM jobs WHERE state = 'queued' AND claimed_by IS NULL"
+                " AND fair_order IS NULL AND guild_id IS NOT NULL AND queued_at < ?" + self._skip_locked,
+                (iso(self._store.clock() - timedelta(seconds=self.lease_s)),),
+            )
+            for row in await cursor.fetchall():
+                await self._requeue(db, row)
+                reclaimed.append(Reclaimed(int(row["id"]), "queued", 0))
         return reclaimed
 
     async def hand_back(self) -> int:

@@ -191,3 +191,13 @@ async def test_a_removed_job_is_never_claimed(store: Store, queue_of) -> None:
     await queue.remove(gone)
     assert (await queue.claim()).job_id == kept
     assert await queue.claim() is None
+
+
+async def test_a_job_admitted_by_a_process_that_died_before_queueing_it_is_queued(store: Store, queue_of) -> None:
+    queue = queue_of("alive")
+    stray = await new_job(store, "guild:1", "a")  # the row is written; the process died before the push
+    assert await queue.reclaim_expired() == []  # it may be in the middle of its acknowledgement
+    await store.write("UPDATE jobs SET queued_at = '2026-01-01T00:00:00.000+00:00' WHERE id = ?", (stray,))
+    [found] = await queue.reclaim_expired()
+    assert (found.job_id, found.state) == (stray, "queued")
+    assert (await queue.claim()).job_id == stray
