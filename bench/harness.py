@@ -105,3 +105,21 @@ def stop(process: subprocess.Popen[Any], timeout: float = 20.0) -> int:
             process.kill()
             process.wait()
     return process.returncode
+
+
+def start_bot_in(
+    settings: Settings, log_path: Path, workdir: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`start_bot` for a store that is not a file (PostgreSQL): it runs in `workdir`, and `extra_env`
+    adds what `settings_env` cannot spell (e.g. `SHARD_IDS`, whose values are numbers)."""
+    env = {key: value for key, value in os.environ.items() if key.lower() not in Settings.model_fields}
+    env.update(settings_env(settings), **(extra_env or {}), PYTHONPATH=str(ROOT))
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bot", "run"],
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )

@@ -21,6 +21,8 @@ Standalone (benchmarks): ``python -m tests.fakes.fake_discord [--port 0] [--guil
 ``FAKE_DISCORD <api_base> <gateway_url>`` and serves until SIGTERM; push interactions with
 ``POST /_control/slash`` / ``/_control/click`` and read ``GET /_control/messages`` / ``/_control/state``
 (which lists the guilds' ids: ``--guilds N`` announces N guilds to the bot instead of one).
+For one bot process per shard: ``--shard-count N`` spreads those guilds over N shards (round robin),
+and ``GET /_control/sessions`` lists each gateway session's shard, readiness and what it was sent.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from tests.fakes.fake_discord_models import (
     dm_channel_payload,
     guild_channel_payload,
     guild_create_payload,
+    json_response,
     member_payload,
     new_snowflake,
     random_token,
@@ -661,6 +664,32 @@ class FakeDiscord(RestRoutes, GatewayMixin, ControlRoutes):
         )
 
 
+class StandaloneFakeDiscord(FakeDiscord):
+    """The standalone fake (``main``): one more control route, ``GET /_control/sessions``."""
+
+    def _add_control_routes(self, app: web.Application) -> None:
+        super()._add_control_routes(app)
+        app.router.add_get("/_control/sessions", self._control_sessions)
+
+    async def _control_sessions(self, request: web.Request) -> web.Response:
+        """Every gateway session, oldest first: its shard ([id, count], null when unsharded), whether
+        it is connected, ready (READY and its guilds sent) and superseded, its guilds' ids and how
+        many interactions it was sent."""
+        out = [
+            {
+                "session_id": s.session_id,
+                "shard": list(s.shard) if s.shard else None,
+                "connected": s.connected,
+                "ready": s.ready,
+                "replaced": s.replaced,
+                "guild_ids": [str(g) for g in s.guild_ids],
+                "interactions": len(s.interaction_ids),
+            }
+            for s in self.sessions
+        ]
+        return json_response(out)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Loopback fake Discord (REST + gateway) for benchmarks")
     parser.add_argument("--host", default="127.0.0.1")
@@ -669,11 +698,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--application-id", type=int, default=None)
     parser.add_argument("--max-recorded-requests", type=int, default=10000)
     parser.add_argument("--guilds", type=int, default=1, help="how many guilds the bot is in (each with 2 channels)")
+    parser.add_argument(
+        "--shard-count", type=int, default=None, help="spread the guilds over this many shards (round robin)"
+    )
     args = parser.parse_args(argv)
-    fake = FakeDiscord(
+
+    def guild(n: int) -> FakeGuild:
+        name = "Fake Guild" if n == 0 else f"Fake Guild {n + 1}"
+        if args.shard_count:
+            return FakeGuild.on_shard(n % args.shard_count, args.shard_count, name=name)
+        return FakeGuild(name=name)
+
+    fake = StandaloneFakeDiscord(
         args.token,
         args.application_id,
-        guilds=[FakeGuild(name="Fake Guild" if n == 0 else f"Fake Guild {n + 1}") for n in range(max(1, args.guilds))],
+        guilds=[guild(n) for n in range(max(1, args.guilds))],
         host=args.host,
         port=args.port,
         max_recorded_requests=args.max_recorded_requests,
