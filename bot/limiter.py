@@ -43,18 +43,24 @@ log = logging.getLogger("imagine.limiter")
 
 #: how often a waiter looks again when only other processes hold the budget (they cannot wake it)
 SHARED_POLL_S = 0.1
+#: float noise in "is the window open yet": a microsecond early is on time
+_EPSILON_S = 1e-6
 
 
 class Permit:
     """The right to make one upstream attempt. Stamp it when the request leaves (``sent``);
     release it when the attempt is over."""
 
-    __slots__ = ("_limiter", "_released", "granted_at", "sent_at", "shared_id")
+    __slots__ = ("_limiter", "_released", "granted_at", "not_before", "sent_at", "shared_id")
 
-    def __init__(self, limiter: UpstreamLimiter, granted_at: float, shared_id: int | None = None) -> None:
+    def __init__(
+        self, limiter: UpstreamLimiter, granted_at: float, shared_id: int | None = None, not_before: float = -math.inf
+    ) -> None:
         self._limiter = limiter
         self._released = False
         self.granted_at = granted_at
+        #: the request may not leave before this (a permit granted ahead of its window: lead_s)
+        self.not_before = max(granted_at, not_before)
         self.sent_at: float | None = None
         self.shared_id = shared_id  # its row in the shared budget, if any
 
@@ -101,7 +107,12 @@ class UpstreamLimiter:
         hold_alpha: float = 0.2,
         default_pause_s: float = 5.0,
         shared: SharedBudget | None = None,
+        lead_s: float = 0.0,
     ) -> None:
+        """`lead_s`: a start held back only by the rate windows (or a pause) may be granted this
+        long before they open; its request still leaves no earlier (Gate.attempt waits), so the
+        work between permit and request (claiming, reading and marking the job) overlaps the wait
+        instead of delaying every start by it."""
         if concurrency < 1 or rpm < 1:
             raise ValueError("concurrency and rpm must be at least 1")
         self.concurrency = concurrency
@@ -119,6 +130,7 @@ class UpstreamLimiter:
         self._changed = asyncio.Event()  # set on a stamp, a release and a pause change
         self._lock = asyncio.Lock()
         self._shared = shared
+        self.lead_s = max(0.0, lead_s)
 
     # -- stats -----------------------------------------------------------------------------
 
@@ -171,15 +183,17 @@ class UpstreamLimiter:
                 now = self.clock.now()
                 full = len(self._held) >= self.concurrency
                 delay = self._window_delay(now)
-                timeout: float | None = None if full else delay
-                if not full and delay <= 0:
+                timeout: float | None = None if full else delay - self.lead_s
+                if not full and delay <= self.lead_s + _EPSILON_S:
                     if self._shared is None:
-                        return self._grant(now, None)
-                    verdict = await self._shared.try_grant(self.limits, self.local_view())
+                        return self._grant(now, None, now + delay)
+                    verdict = await self._shared.try_grant(self.limits, self.local_view(), self.lead_s)
                     if verdict.permit_id is not None:
-                        return self._grant(self.clock.now(), verdict.permit_id)
+                        now = self.clock.now()
+                        return self._grant(now, verdict.permit_id, now + verdict.delay)
                     # another process holds the budget: it cannot wake us, so look again soon
-                    timeout = SHARED_POLL_S if verdict.full else min(max(verdict.delay, 0.0), SHARED_POLL_S)
+                    left = verdict.delay - self.lead_s
+                    timeout = SHARED_POLL_S if verdict.full else min(max(left, 0.0), SHARED_POLL_S)
                 await wait_event(self._changed, timeout, self.clock)
 
     @asynccontextmanager
@@ -203,13 +217,13 @@ class UpstreamLimiter:
         """What this process holds and has started, on its own clock."""
         now = self.clock.now()
         self._window_delay(now)  # prunes
-        pending = sum(1 for p in self._held if p.sent_at is None)
+        pending = tuple(p.not_before for p in self._held if p.sent_at is None)
         return LocalView(now, len(self._held), tuple(self._starts), pending, self._paused_until)
 
     # -- internals -------------------------------------------------------------------------
 
-    def _grant(self, now: float, shared_id: int | None) -> Permit:
-        permit = Permit(self, now, shared_id)
+    def _grant(self, now: float, shared_id: int | None, not_before: float) -> Permit:
+        permit = Permit(self, now, shared_id, not_before)
         self._held.add(permit)
         return permit
 
@@ -218,7 +232,7 @@ class UpstreamLimiter:
         first = bisect.bisect_right(self._starts, now - minute)
         if first:
             del self._starts[:first]
-        pending = sum(1 for p in self._held if p.sent_at is None)
+        pending = [p.not_before for p in self._held if p.sent_at is None]
         return window_delay(
             self._starts,
             pending,
@@ -276,6 +290,9 @@ class Gate:
         permit, self._first = self._first, None
         if permit is None or permit.released:
             permit = await self._limiter.acquire()
+        early = permit.not_before - self._limiter.clock.now()
+        if early > 0:  # granted ahead of its window (lead_s): the request leaves when it opens
+            await self._limiter.clock.sleep(early)
         self.attempts += 1
         self._current = permit
         try:

@@ -31,6 +31,10 @@ from bot.storage.jobs import JobStore
 from bot.storage.shared_queue import SharedQueue
 from bot.storage.upstream import SharedBudget
 
+#: a start held back by the rate windows is granted this much ahead (its request still leaves when
+#: the window opens): claiming and reading the job overlap the wait (PostgreSQL: ~9 ms a start)
+PERMIT_LEAD_S = 0.05
+
 
 @dataclass
 class Pipeline:
@@ -100,6 +104,7 @@ class Pipeline:
                 clock=clock,
                 margin_s=settings.upstream_window_margin_ms / 1000,
                 shared=budget,
+                lead_s=PERMIT_LEAD_S,
             )
             gatekeeper = Gatekeeper(settings, GuildStore(store), utcnow=wall_clock)
             images = ImageStore(settings.cache_dir)

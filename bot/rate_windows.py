@@ -24,13 +24,13 @@ class LocalView:
     now: float
     held: int  # permits granted and not released (in flight, or about to be)
     starts: tuple[float, ...]  # stamped starts, oldest first
-    pending: int  # granted, not yet sent: they count as starting now
+    pending: tuple[float, ...]  # granted, not yet sent: each may start from this time (see window_delay)
     paused_until: float
 
 
 def window_delay(
     starts: Sequence[float],
-    pending: int,
+    pending: Sequence[float],
     now: float,
     *,
     rpm: int,
@@ -40,13 +40,15 @@ def window_delay(
 ) -> float:
     """Seconds until the pause and both sliding windows allow one more start (<= 0: now).
 
-    ``starts``: the stamped start times, oldest first; ``pending``: permits granted but not yet
-    sent, which count as starting now. A new start at T is allowed iff the rpm-th most recent
-    start is at least a minute (plus margin) before T, and likewise per second.
+    ``starts``: the stamped start times, oldest first; ``pending``: for each permit granted but
+    not yet sent, the earliest time it may start (a permit may be granted a little ahead of its
+    window, see UpstreamLimiter's ``lead_s``): it counts as starting then, or now if that has
+    passed. A new start at T is allowed iff the rpm-th most recent start is at least a minute
+    (plus margin) before T, and likewise per second.
     """
     minute, second = 60.0 + margin_s, 1.0 + margin_s
     first = bisect.bisect_right(starts, now - minute)
-    recent = list(starts[first:]) + [now] * pending
+    recent = sorted([*starts[first:], *(max(now, t) for t in pending)])
     ready = paused_until
     if len(recent) >= rpm:
         ready = max(ready, recent[-rpm] + minute)

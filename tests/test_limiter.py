@@ -262,3 +262,47 @@ async def test_the_gate_knows_whether_a_request_left():
         permit.sent()
         assert gate.sent  # in flight: the provider may be generating (and billing) it
     assert gate.sent
+
+
+async def test_a_permit_granted_ahead_of_its_window_sends_no_earlier():
+    """lead_s: the work between permit and request overlaps the wait for the window; the
+    request itself still leaves when the window opens, never before."""
+    clock = FakeClock()
+    limiter = UpstreamLimiter(4, 60, clock, margin_s=MARGIN, lead_s=0.2)  # one start a second
+    t0 = clock.now()
+    sends: list[float] = []
+    granted: list[float] = []
+
+    async def job() -> None:
+        permit = await limiter.acquire()
+        granted.append(clock.now())
+        async with limiter.gate(first_permit=permit).attempt() as attempt:
+            attempt.sent()
+            sends.append(clock.now())
+
+    tasks = [asyncio.create_task(job()) for _ in range(3)]
+    await clock.run_until(lambda: all(t.done() for t in tasks))
+    assert sends == pytest.approx([t0, t0 + 1 + MARGIN, t0 + 2 * (1 + MARGIN)])
+    assert granted == pytest.approx([t0, t0 + 1 + MARGIN - 0.2, t0 + 2 * (1 + MARGIN) - 0.2])
+
+
+async def test_a_permit_granted_ahead_counts_from_its_window_for_the_next_one():
+    clock = FakeClock()
+    limiter = UpstreamLimiter(4, 60, clock, margin_s=MARGIN, lead_s=0.5)
+    t0 = clock.now()
+    (await limiter.acquire()).sent()
+    early = asyncio.create_task(limiter.acquire())
+    await clock.run_until(early.done)
+    assert clock.now() - t0 == pytest.approx(1 + MARGIN - 0.5)  # granted half a second ahead
+    assert early.result().not_before - t0 == pytest.approx(1 + MARGIN)
+
+    async def send_when_due(permit) -> None:
+        await clock.sleep(permit.not_before - clock.now())
+        permit.sent()
+
+    sending = asyncio.create_task(send_when_due(early.result()))
+    third = asyncio.create_task(limiter.acquire())  # counts the early one as starting at 1.05
+    await clock.run_until(third.done)
+    assert clock.now() - t0 == pytest.approx(2 * (1 + MARGIN) - 0.5)
+    assert third.result().not_before - t0 == pytest.approx(2 * (1 + MARGIN))
+    await sending

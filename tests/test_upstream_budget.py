@@ -118,7 +118,7 @@ async def test_a_dead_process_stops_holding_a_slot_when_its_lease_runs_out(tmp_p
     dead = await SharedBudget.open(url, store, now=lambda: wall[0])  # two processes
     alive = await SharedBudget.open(url, store, now=lambda: wall[0])
     limits = Limits(concurrency=1, rpm=600, per_second=10, margin_s=0.05)
-    idle = LocalView(now=0.0, held=0, starts=(), pending=0, paused_until=-math.inf)
+    idle = LocalView(now=0.0, held=0, starts=(), pending=(), paused_until=-math.inf)
     try:
         assert (await dead.try_grant(limits, idle)).permit_id is not None
         await dead.flush()  # its process is SIGKILLed: no renewal, no release

@@ -47,7 +47,7 @@ MIGRATIONS = (
             CREATE TABLE upstream_permits (
                 id          INTEGER PRIMARY KEY,
                 owner       TEXT NOT NULL,  -- host:pid:random of the process holding it
-                granted_at  REAL NOT NULL,  -- Unix seconds (every process on the store shares this clock)
+                granted_at  REAL NOT NULL,  -- Unix seconds (shared by every process): may start from then on
                 sent_at     REAL,           -- when its request was handed to the network: the start
                 released_at REAL,           -- the attempt is over: its concurrency slot is free
                 lease_until REAL NOT NULL   -- a dead process's permit stops holding a slot here
@@ -103,8 +103,9 @@ class SharedBudget:
         self._held: set[int] = set()  # this process's permits not yet released
         self._renewer: asyncio.Task[None] | None = None
 
-    async def try_grant(self, limits: Limits, mine: LocalView) -> Verdict:
-        """Grant and record one permit if this process's and every other process's use allow it."""
+    async def try_grant(self, limits: Limits, mine: LocalView, lead_s: float = 0.0) -> Verdict:
+        """Grant and record one permit if this process's and every other process's use allow it
+        within `lead_s`; a granted verdict's `delay` is how long its request must still wait."""
         offset = self._now() - mine.now  # this process's clock -> the shared one, at the same instant
         async with self._store.transaction() as db:
             if self._store.dialect == "postgresql":  # SQLite's BEGIN IMMEDIATE serialises already
@@ -125,7 +126,8 @@ class SharedBudget:
             paused_until = max(float(row[0]) if row else 0.0, mine.paused_until + offset)
             live = [r for r in others if r["released_at"] is None and r["lease_until"] > now]
             in_flight = mine.held + len(live)
-            pending = mine.pending + sum(1 for r in live if r["sent_at"] is None)
+            # a pending permit may start from its granted_at ("not before"), or now if that passed
+            pending = [t + offset for t in mine.pending] + [r["granted_at"] for r in live if r["sent_at"] is None]
             starts = sorted([t + offset for t in mine.starts] + [r["sent_at"] for r in others if r["sent_at"]])
             delay = window_delay(
                 starts,
@@ -138,17 +140,17 @@ class SharedBudget:
             )
             if in_flight >= limits.concurrency:
                 return Verdict(None, delay, True)
-            if delay > 0:
+            if delay > lead_s + 1e-6:  # float noise: a microsecond early is on time
                 return Verdict(None, delay, False)
             cursor = await db.execute(
                 "INSERT INTO upstream_permits (owner, granted_at, lease_until) VALUES (?, ?, ?) RETURNING id",
-                (self.owner, now, now + LEASE_S),
+                (self.owner, now + max(0.0, delay), now + LEASE_S),
             )
             permit_id = int((await cursor.fetchone())[0])
         self._held.add(permit_id)
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.get_running_loop().create_task(self._renew_leases(), name="upstream-leases")
-        return Verdict(permit_id, 0.0, False)
+        return Verdict(permit_id, max(0.0, delay), False)
 
     # -- written behind, in order ------------------------------------------------------------
     def stamp(self, permit_id: int) -> None:
