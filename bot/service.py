@@ -87,7 +87,7 @@ class GenerationService:
         self._delivery = delivery
         self._gate = gatekeeper
         self._store = store
-        self.sharing = ResultSharing(settings, cache, gatekeeper)
+        self.sharing = ResultSharing(settings, cache, gatekeeper, follow=shared_queue is None)
         self.background = Background()
         self._mod_log = ModerationLog(gatekeeper, delivery)
         self.runner = JobRunner(

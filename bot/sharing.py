@@ -47,10 +47,21 @@ class Choice:
 
 
 class ResultSharing:
-    def __init__(self, settings: Settings, cache: ResultCache | None, gatekeeper: Gatekeeper | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        cache: ResultCache | None,
+        gatekeeper: Gatekeeper | None,
+        *,
+        follow: bool = True,
+    ) -> None:
+        """`follow=False` on a queue shared by several processes: a follower waits in the memory of
+        the process that admitted it, while its leader may run in another, whose image would never
+        reach it. There identical requests in flight each run (a cache hit once the first lands)."""
         self._settings = settings
         self.cache = cache
         self._gate = gatekeeper
+        self._follow = follow
         self._flights = Flights()
 
     async def key(self, params: ImageParams, model: str, guild_id: int | None, *, reroll: bool = False) -> str | None:
@@ -71,7 +82,7 @@ class ResultSharing:
         async with self._flights.admitting(key):
             hit = await self.cache.get(key)
             # read after the await: a leader that landed meanwhile has put its image in the cache
-            leader = self._flights.leader(key) if hit is None else None
+            leader = self._flights.leader(key) if hit is None and self._follow else None
             yield Choice(key, hit, leader, self._flights)
 
     def key_of(self, job_id: int) -> str | None:

@@ -46,7 +46,8 @@ _postgres_checked: list[str | None] = []  # [None] reachable, [reason] not; empt
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests marked `both_backends` run once on SQLite and once on PostgreSQL."""
-    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_backends"):
+    marked = metafunc.definition.get_closest_marker("both_backends")
+    if "backend" in metafunc.fixturenames and marked and not metafunc.definition.get_closest_marker("sqlite_only"):
         metafunc.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
 

@@ -35,6 +35,9 @@ from tests.fakes.image_api import FakeImageApi, Reply
 from tests.fakes.png import png_size
 
 pytestmark = pytest.mark.both_backends
+#: followers wait in the memory of the process that admitted them; on a queue shared by several
+#: processes (PostgreSQL) the leader may run elsewhere, so there identical requests each run
+SINGLE_FLIGHT = pytest.mark.sqlite_only
 
 GUILD, OTHER_GUILD, CHANNEL, ADMIN = 1, 3, 2, 99
 PROMPT = "A red lantern over a snowy street"
@@ -321,6 +324,7 @@ async def test_a_corrupt_cached_file_is_a_miss_and_the_entry_is_rebuilt(
 # -- identical requests in flight ------------------------------------------------------------------------------
 
 
+@SINGLE_FLIGHT
 async def test_identical_requests_in_flight_share_one_upstream_call(
     pipeline: Pipeline, delivery: RecordingDelivery, fake_api: FakeImageApi
 ) -> None:
@@ -338,6 +342,7 @@ async def test_identical_requests_in_flight_share_one_upstream_call(
     assert [await counter(pipeline, "user_day", f"{GUILD}:{u}") for u in users].count(1) == 1
 
 
+@SINGLE_FLIGHT
 async def test_a_double_click_needs_no_extra_queue_slot(settings_for, delivery, clock, fake_api: FakeImageApi) -> None:
     settings = settings_for(user_pending_max=1)
     fake_api.latency_s = 0.3
@@ -349,6 +354,7 @@ async def test_a_double_click_needs_no_extra_queue_slot(settings_for, delivery, 
     assert fake_api.generation_count == 1
 
 
+@SINGLE_FLIGHT
 async def test_when_the_shared_call_fails_every_follower_fails_alike_and_uncharged(
     settings_for, delivery, clock, fake_api: FakeImageApi
 ) -> None:
@@ -367,6 +373,7 @@ async def test_when_the_shared_call_fails_every_follower_fails_alike_and_uncharg
         assert await cache_rows(pipeline) == []  # a failure is not cached
 
 
+@SINGLE_FLIGHT
 async def test_a_follower_is_not_refused_for_a_budget_it_will_never_spend(
     settings_for, delivery, clock, fake_api: FakeImageApi
 ) -> None:
@@ -523,6 +530,7 @@ async def test_a_follower_left_queued_by_a_restart_is_answered_from_the_cache(
     assert fake_api.generation_count == 1
 
 
+@SINGLE_FLIGHT
 async def test_identical_jobs_resumed_after_a_restart_still_share_one_upstream_call(
     settings_for, delivery, clock, fake_api: FakeImageApi
 ) -> None:

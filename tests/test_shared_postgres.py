@@ -196,3 +196,22 @@ async def test_the_cli_beside_two_busy_processes_earns_no_429(
             await asyncio.wait_for(first.service.wait(ticket.job_id), 30)
     assert result.returncode == 0, result.stderr
     assert fake_api.rate_limited_count == 0 and fake_api.generation_count == 7
+
+
+async def test_identical_requests_never_wait_on_a_job_another_process_runs(
+    make_settings: Callable[..., Settings], fake_api: FakeImageApi
+) -> None:
+    """Single-flight followers live in the memory of the process that admitted them: on a shared
+    queue the leader may run elsewhere, and its image would never reach them. So there, identical
+    requests in flight each run (a cache hit, if the first has landed by then)."""
+    fake_api.latency_s = 0.5
+    settings = make_settings()
+    admitting = await Pipeline.open(settings, RecordingDelivery(), wall_clock=lambda: NOON)  # admits, runs nothing
+    try:
+        async with processes(settings, n=1) as (worker,):
+            first = await admitting.service.submit(picture(settings, "the same harbour"), member(7000))
+            again = await admitting.service.submit(picture(settings, "the same harbour"), member(7001))
+            jobs = [await asyncio.wait_for(worker.service.wait(t.job_id), 15) for t in (first, again)]
+    finally:
+        await admitting.close(grace_s=1)
+    assert [j.state for j in jobs] == ["delivered", "delivered"]
