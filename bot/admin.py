@@ -16,53 +16,56 @@ from typing import Any
 
 from bot.errors import InvalidInput
 from bot.gatekeeper import Gatekeeper
+from bot.i18n import Money, Number, Text, items
 from bot.limits import GuildPolicy, periods, validate_timezone
 from bot.moderation import Rule, RuleKind, compile_rule
-from bot.money import cny_to_fen, format_cny
+from bot.money import cny_to_fen
 from bot.storage.db import Store, iso
 from bot.storage.guilds import Block
 from bot.storage.reports import LEDGER_COLUMNS, GuildReport, guild_ledger, guild_report
 
 UNSET: Any = object()
+#: what Chinese-speaking admins type for "no limit" (the options' descriptions say 'unlimited')
+_UNLIMITED_ZH = ("不限", "无限", "無限", "无", "無")
 REASON_MAX_CHARS = 200
 
 
 def parse_cny(value: str) -> int | None:
     """'12.5' -> 1250 fen; 'none'/'unlimited' -> None (no cap)."""
     text = value.strip().lower().removeprefix("¥")
-    if text in ("none", "unlimited", "off", ""):
+    if text in ("none", "unlimited", "off", "", *_UNLIMITED_ZH):
         return None
     try:
         amount = Decimal(text)
     except InvalidOperation:
-        raise InvalidInput(f"'{value}' is not an amount in CNY (e.g. 10 or 12.50, or 'none').") from None
+        raise InvalidInput(Text("input.cny", value=value)) from None
     if not amount.is_finite():
-        raise InvalidInput(f"'{value}' is not an amount in CNY (e.g. 10 or 12.50, or 'none').")
+        raise InvalidInput(Text("input.cny", value=value))
     try:
         fen = cny_to_fen(amount)  # the one money rule: whole fen only, never rounded
     except ValueError:  # finer than a fen (or past what a 64-bit fen count holds)
         fen = None
     if fen is None or fen < 0:
-        raise InvalidInput(f"'{value}' must be zero or more, with at most two decimals.")
+        raise InvalidInput(Text("input.cny_precision", value=value))
     return fen
 
 
 def parse_count(value: str) -> int | None:
     """'20' -> 20; 'unlimited'/'none' -> None."""
     text = value.strip().lower()
-    if text in ("none", "unlimited", "off"):
+    if text in ("none", "unlimited", "off", *_UNLIMITED_ZH):
         return None
     if not text.isdecimal() or not text.isascii():
-        raise InvalidInput(f"'{value}' is not a number of images (e.g. 20, or 'unlimited').")
+        raise InvalidInput(Text("input.count", value=value))
     return int(text)
 
 
-def _limit_text(value: int | None, unit: str = "image(s)") -> str:
-    return "unlimited" if value is None else f"{value} {unit}"
+def _limit_text(value: int | None) -> Text:
+    return Text("common.unlimited") if value is None else Text("common.images", count=Number(value))
 
 
-def _fen_text(value: int | None) -> str:
-    return "unlimited" if value is None else format_cny(value)
+def _fen_text(value: int | None) -> Text | Money:
+    return Text("common.unlimited") if value is None else Money(value)
 
 
 class GuildAdmin:
@@ -88,58 +91,58 @@ class GuildAdmin:
         timezone: str = UNSET,
     ) -> str:
         changes: dict[str, Any] = {}
-        said: list[str] = []
+        said: list[Text] = []
         for key, value, label in (
-            ("user_daily_limit", daily, "images per user per day"),
-            ("user_monthly_limit", monthly, "images per user per month"),
+            ("user_daily_limit", daily, "label.images_per_user_day"),
+            ("user_monthly_limit", monthly, "label.images_per_user_month"),
         ):
             if value is not UNSET:
                 _check_count(value, label)
                 changes[key] = value
-                said.append(f"{label} to {_limit_text(value, '')}".strip())
+                said.append(Text("admin.change", label=Text(label), value=_count_text(value)))
         if cooldown_s is not UNSET:
             if not 0 <= cooldown_s <= 86_400:
-                raise InvalidInput("The cooldown must be between 0 and 86400 seconds.")
+                raise InvalidInput(Text("input.cooldown_range"))
             changes["cooldown_s"] = cooldown_s
-            said.append(f"cooldown to {cooldown_s} s")
+            said.append(Text("admin.change_cooldown", seconds=Number(cooldown_s)))
         for key, value, label in (
-            ("daily_budget_fen", daily_budget_fen, "daily budget"),
-            ("monthly_budget_fen", monthly_budget_fen, "monthly budget"),
+            ("daily_budget_fen", daily_budget_fen, "label.daily_budget"),
+            ("monthly_budget_fen", monthly_budget_fen, "label.monthly_budget"),
         ):
             if value is not UNSET:
                 if value is not None and not 0 <= value <= 100_000_000:
-                    raise InvalidInput(f"The {label} must be zero or more (or none).")
+                    raise InvalidInput(Text("input.budget_range", label=Text(label)))
                 changes[key] = value
-                said.append(f"{label} to {_fen_text(value)}")
+                said.append(Text("admin.change", label=Text(label), value=_fen_text(value)))
         if timezone is not UNSET:
             changes["timezone"] = validate_timezone(timezone)
-            said.append(f"time zone to {timezone}")
+            said.append(Text("admin.change", label=Text("label.timezone"), value=timezone))
         if not changes:
-            raise InvalidInput("Nothing to change: give at least one option.")
+            raise InvalidInput(Text("input.nothing_to_change"))
         await self._guilds.update_overrides(guild_id, changes, actor=actor)
         self._gate.forget(guild_id)
-        return f"<@{actor}> set " + ", ".join(said) + "."
+        return Text("admin.set", actor=actor, changes=items(said))
 
     async def set_role_limit(
         self, guild_id: int, actor: int, role_id: int, *, daily: int | None, monthly: int | None = UNSET
     ) -> str:
         """A role's limits; a period left UNSET follows the guild's own limit for it."""
-        _check_count(daily, "images per day")
+        _check_count(daily, "label.images_per_day")
         limit: dict[str, int | None] = {"daily": daily}
-        month_text = "the server's monthly limit"
+        month_text = Text("admin.role_month_server")
         if monthly is not UNSET:
-            _check_count(monthly, "images per month")
+            _check_count(monthly, "label.images_per_month")
             limit["monthly"] = monthly
-            month_text = f"{_limit_text(monthly)} a month"
+            month_text = Text("admin.role_month", limit=_limit_text(monthly))
         await self._guilds.set_role_limit(guild_id, role_id, limit, actor=actor)  # one statement: see GuildStore
         self._gate.forget(guild_id)
-        return f"<@{actor}> set <@&{role_id}> to {_limit_text(daily)} a day, {month_text}."
+        return Text("admin.role_set", actor=actor, role=role_id, daily=_limit_text(daily), monthly=month_text)
 
     async def clear_role_limit(self, guild_id: int, actor: int, role_id: int) -> str:
         if await self._guilds.clear_role_limit(guild_id, role_id, actor=actor) is None:
-            raise InvalidInput("That role has no override.")
+            raise InvalidInput(Text("input.role_no_override"))
         self._gate.forget(guild_id)
-        return f"<@{actor}> removed the override of <@&{role_id}>."
+        return Text("admin.role_cleared", actor=actor, role=role_id)
 
     # -- blocks ---------------------------------------------------------------------------------
     async def block(
@@ -148,13 +151,16 @@ class GuildAdmin:
         reason = _reason(reason)
         expires = iso(self._gate.now() + duration) if duration else None
         await self._guilds.block(guild_id, user_id, reason=reason, expires_at=expires, actor=actor)
-        until = f" for {_duration_text(duration)}" if duration else ""
-        return f"<@{actor}> blocked <@{user_id}>{until}: {reason}"
+        if duration:
+            return Text(
+                "admin.blocked_for", actor=actor, user=user_id, duration=_duration_text(duration), reason=reason
+            )
+        return Text("admin.blocked", actor=actor, user=user_id, reason=reason)
 
     async def unblock(self, guild_id: int, actor: int, user_id: int) -> str:
         if not await self._guilds.unblock(guild_id, user_id, actor=actor):
-            raise InvalidInput("That user is not blocked.")
-        return f"<@{actor}> unblocked <@{user_id}>."
+            raise InvalidInput(Text("input.not_blocked"))
+        return Text("admin.unblocked", actor=actor, user=user_id)
 
     async def blocks(self, guild_id: int) -> list[Block]:
         return await self._guilds.blocks(guild_id)
@@ -165,13 +171,15 @@ class GuildAdmin:
         await asyncio.to_thread(compile_rule, kind, pattern)
         rule = await self._guilds.add_rule(guild_id, kind, pattern.strip(), _reason(reason), actor=actor)
         self._gate.forget(guild_id)
-        return rule, f"<@{actor}> added rule #{rule.id} ({kind} `{rule.pattern}`): {rule.reason}"
+        return rule, Text(
+            "admin.rule_added", actor=actor, id=rule.id, kind=kind, pattern=rule.pattern, reason=rule.reason
+        )
 
     async def remove_rule(self, guild_id: int, actor: int, rule_id: int) -> str:
         if not await self._guilds.remove_rule(guild_id, rule_id, actor=actor):
-            raise InvalidInput(f"There is no rule #{rule_id} in this server.")
+            raise InvalidInput(Text("input.no_rule", id=rule_id))
         self._gate.forget(guild_id)
-        return f"<@{actor}> removed rule #{rule_id}."
+        return Text("admin.rule_removed", actor=actor, id=rule_id)
 
     async def rules(self, guild_id: int) -> list[Rule]:
         return await self._guilds.rules(guild_id)
@@ -180,9 +188,9 @@ class GuildAdmin:
     async def allow_channel(self, guild_id: int, actor: int, channel_id: int, allowed: bool) -> str:
         channels = await self._guilds.allow_channel(guild_id, channel_id, allowed, actor=actor)  # one statement
         self._gate.forget(guild_id)
-        verb = "allowed" if allowed else "disallowed"
-        scope = "only the allowed channels" if channels else "every channel"
-        return f"<@{actor}> {verb} <#{channel_id}>; images can now be made in {scope}."
+        scope = Text("admin.scope_allowed" if channels else "admin.scope_every")
+        key = "admin.channel_allowed" if allowed else "admin.channel_disallowed"
+        return Text(key, actor=actor, channel=channel_id, scope=scope)
 
     async def set_log_channel(self, guild_id: int, actor: int, channel_id: int | None) -> str:
         if channel_id is None:
@@ -190,7 +198,9 @@ class GuildAdmin:
         else:
             await self._guilds.update_overrides(guild_id, {"log_channel_id": channel_id}, actor=actor)
         self._gate.forget(guild_id)
-        return f"<@{actor}> " + (f"set the moderation log to <#{channel_id}>." if channel_id else "turned off the log.")
+        if channel_id:
+            return Text("admin.log_set", actor=actor, channel=channel_id)
+        return Text("admin.log_off", actor=actor)
 
     async def set_cache(self, guild_id: int, actor: int, *, enabled: bool | None, counts: bool | None) -> str:
         changes: dict[str, Any] = {}
@@ -199,15 +209,17 @@ class GuildAdmin:
         if counts is not None:
             changes["cache_counts_toward_limits"] = counts
         if not changes:
-            raise InvalidInput("Nothing to change: give at least one option.")
+            raise InvalidInput(Text("input.nothing_to_change"))
         await self._guilds.update_overrides(guild_id, changes, actor=actor)
         self._gate.forget(guild_id)
         said = []
         if enabled is not None:
-            said.append("turned the image cache " + ("on" if enabled else "off"))
+            said.append(Text("admin.cache_on" if enabled else "admin.cache_off"))
         if counts is not None:
-            said.append("made cached images " + ("count" if counts else "not count") + " toward image limits")
-        return f"<@{actor}> " + " and ".join(said) + "."
+            said.append(Text("admin.cache_counts" if counts else "admin.cache_not_counts"))
+        if len(said) == 2:
+            return Text("admin.cache_changed_both", actor=actor, first=said[0], second=said[1])
+        return Text("admin.cache_changed", actor=actor, change=said[0])
 
     # -- usage ----------------------------------------------------------------------------------
     async def reset_today(self, guild_id: int, actor: int, user_id: int) -> str:
@@ -218,7 +230,7 @@ class GuildAdmin:
             (f"{guild_id}:{user_id}", day),
         )
         await self._guilds.audit(guild_id, actor, "reset_today", {"user": user_id, "day": day})
-        return f"<@{actor}> reset today's image count of <@{user_id}>."
+        return Text("admin.reset", actor=actor, user=user_id)
 
     async def report(self, guild_id: int, days: int) -> GuildReport:
         until = self._gate.now()
@@ -241,16 +253,22 @@ def _no_formula(cell: str) -> str:
 
 def _check_count(value: int | None, label: str) -> None:
     if value is not None and not 0 <= value <= 100_000:
-        raise InvalidInput(f"The {label} must be between 0 and 100000 (or unlimited).")
+        raise InvalidInput(Text("input.count_range", label=Text(label)))
+
+
+def _count_text(value: int | None) -> Text | Number:
+    return Text("common.unlimited") if value is None else Number(value)
 
 
 def _reason(reason: str) -> str:
     reason = " ".join(reason.split())
     if not reason:
-        raise InvalidInput("Give a reason: the user is told it.")
+        raise InvalidInput(Text("input.reason_empty"))
     return reason[:REASON_MAX_CHARS]
 
 
-def _duration_text(duration: timedelta) -> str:
+def _duration_text(duration: timedelta) -> Text:
     hours = duration.total_seconds() / 3600
-    return f"{hours / 24:g} day(s)" if hours >= 24 else f"{hours:g} hour(s)"
+    if hours >= 24:
+        return Text("common.days", count=f"{hours / 24:g}")
+    return Text("common.hours", count=f"{hours:g}")

@@ -65,6 +65,8 @@ class Requester:
     channel_id: int | None = None
     user_id: int | None = None
     role_ids: tuple[int, ...] = ()  # the member's roles: role overrides of the limits
+    locale: str | None = None  # the Discord client's language ("zh-CN"): replies in it
+    guild_locale: str | None = None  # the server's preferred language: channel posts and the fallback
 
     @property
     def guild_key(self) -> str:

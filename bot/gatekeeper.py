@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from bot.config import Settings
 from bot.errors import LimitReached
+from bot.i18n import Number, Text, items
 from bot.limits import GuildPolicy, Periods, discord_time, member_limits, periods
 from bot.moderation import RuleMatch, RuleSet
 from bot.storage.guilds import GuildStore
@@ -114,12 +115,14 @@ class Gatekeeper:
         """Blocks, channels and prompt rules; raises Refused with the public reason."""
         block = await self.guilds.active_block(guild_id, user_id)
         if block is not None:
-            until = f" until {discord_time(datetime.fromisoformat(block.expires_at), 'f')}" if block.expires_at else ""
-            raise Refused(f"You are blocked from generating images here{until}: {block.reason}", limit="blocked")
+            if block.expires_at:
+                until = discord_time(datetime.fromisoformat(block.expires_at), "f")
+                raise Refused(Text("refusal.blocked_until", until=until, reason=block.reason), limit="blocked")
+            raise Refused(Text("refusal.blocked", reason=block.reason), limit="blocked")
         policy = await self.policy(guild_id)
         if not policy.channel_allowed(channel_id):
-            channels = ", ".join(f"<#{c}>" for c in sorted(policy.allowed_channels))
-            raise Refused(f"Images can only be made in {channels} in this server.", limit="channel")
+            channels = items(f"<#{c}>" for c in sorted(policy.allowed_channels))
+            raise Refused(Text("refusal.channel", channels=channels), limit="channel")
         rules = await self.rules(guild_id)
         if len(rules):
             match = await asyncio.to_thread(rules.check, fields)  # bounded regex work, off the loop
@@ -149,19 +152,14 @@ class Gatekeeper:
         current = periods(self._utcnow(), policy.timezone)
         charge = exc.charge
         resets = current.day_resets_at if "_day" in charge.scope else current.month_resets_at
-        when = discord_time(resets)
-        texts = {
-            "user_day": f"You have used your {charge.limit} image(s) for today; your limit resets {when}.",
-            "user_month": f"You have used your {charge.limit} image(s) this month; your limit resets {when}.",
-            "guild_day_fen": f"This server has spent its daily image budget. It resets {when}.",
-            "guild_month_fen": f"This server has spent its monthly image budget. It resets {when}.",
-        }
-        return LimitReached(texts[charge.scope], limit=charge.scope, resets_at=resets)
+        # a Discord timestamp: each reader's client shows it in their own language and time zone
+        text = Text(f"refusal.{charge.scope}", limit=Number(charge.limit or 0), resets=discord_time(resets))
+        return LimitReached(text, limit=charge.scope, resets_at=resets)
 
     def cooldown_refusal(self, last_ms: int, cooldown_ms: int) -> LimitReached:
         ready = datetime.fromtimestamp((last_ms + cooldown_ms) / 1000, UTC)
         return LimitReached(
-            f"Slow down: one image every {cooldown_ms // 1000} s here. Try again {discord_time(ready)}.",
+            Text("refusal.cooldown", seconds=Number(cooldown_ms // 1000), ready=discord_time(ready)),
             limit="cooldown",
             resets_at=ready,
         )
@@ -190,6 +188,6 @@ class Gatekeeper:
 
 class RuleRefusal(Refused):
     def __init__(self, match: RuleMatch) -> None:
-        reason = match.rule.reason or "it breaks this server's rules"
-        super().__init__(f"This server does not allow that request: {reason}.", limit="rule")
+        reason = match.rule.reason or Text("refusal.rule_default")
+        super().__init__(Text("refusal.rule", reason=reason), limit="rule")
         self.match = match

@@ -13,6 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bot.errors import InvalidInput
+from bot.i18n import Text
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +106,7 @@ def validate_timezone(name: str) -> str:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidInput(
-            f"Unknown time zone '{name}'. Use an IANA name such as UTC, Asia/Shanghai or Europe/Berlin.",
-            field="timezone",
-        ) from None
+        raise InvalidInput(Text("input.timezone_unknown", value=name), field="timezone") from None
     return name
 
 

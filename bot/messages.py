@@ -1,12 +1,13 @@
-"""Every sentence a person reads about an outcome, in one place (one place to translate later).
+"""Every sentence a person reads about an outcome, in one place, keyed into the catalogues.
 
-`describe(error)` is what a Discord user or a CLI user is told; it never contains a secret
-and never blames the user for what the provider did.
+`describe(error, locale)` is what a Discord user (in their locale) or a CLI user (English) is
+told; it never contains a secret and never blames the user for what the provider did.
 """
 
 from __future__ import annotations
 
 from bot.errors import ConfigError, ImagineError, InvalidInput, LimitReached
+from bot.i18n import DEFAULT, Text, say
 from bot.imaging.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -19,34 +20,35 @@ from bot.imaging.errors import (
     Timeout,
 )
 
-NOT_CHARGED = "Nothing was charged."
-STALLED = (
-    "Image generation is stalled right now and new requests would only wait; the bot's operators have been "
-    "alerted. Try again in a few minutes."
-)
+NOT_CHARGED = Text("error.not_charged")
+STALLED = Text("error.stalled")
 
 
-def describe(error: BaseException) -> str:
-    """The sentence of the error table for this outcome."""
+def describe(error: BaseException, locale: str = DEFAULT) -> str:
+    """The sentence of the error table for this outcome, in `locale`."""
+    return say(locale, _sentence(error))
+
+
+def _sentence(error: BaseException) -> str:
     if isinstance(error, InvalidInput | LimitReached | ConfigError):
         return error.message
     if isinstance(error, ContentRejected):
-        return f"The image provider refused this prompt (content safety). Rephrase it and try again. {NOT_CHARGED}"
+        return Text("error.content_rejected")
     if isinstance(error, BadRequest):
-        return f"The image service refused the request: {error.message}. {NOT_CHARGED}"
+        return Text("error.bad_request", detail=error.message)  # the provider's words, as it said them
     if isinstance(error, AuthenticationFailed | PermissionDenied):
-        return f"Image generation is unavailable right now; the bot's operators have been alerted. {NOT_CHARGED}"
+        return Text("error.unavailable")
     if isinstance(error, RateLimited):
-        return f"The image service is too busy right now; try again in a few minutes. {NOT_CHARGED}"
+        return Text("error.rate_limited")
     if isinstance(error, ServerError | Timeout):
-        return f"The image service failed after several tries. {NOT_CHARGED} Please try again."
+        return Text("error.upstream_failed")
     if isinstance(error, ImageDownloadError):
-        return f"The image could not be fetched safely from the image service ({error.message}). {NOT_CHARGED}"
+        return Text("error.download", detail=error.message)
     if isinstance(error, MalformedResponse):
-        return f"The image service sent an unexpected reply. {NOT_CHARGED}"
+        return Text("error.malformed")
     if isinstance(error, ImagineError):
-        return f"{error.message}. {NOT_CHARGED}"
-    return f"Something went wrong on our side. {NOT_CHARGED}"
+        return Text("error.generic", message=error.message)
+    return Text("error.ours")
 
 
 def operator_hint(error: BaseException) -> str | None:
@@ -58,6 +60,5 @@ def operator_hint(error: BaseException) -> str | None:
     return None
 
 
-STILL_QUEUED_BUSY = "The image service is busy; your request is still queued."
-INTERRUPTED = "The bot restarted while generating this image twice in a row; it was not retried again."
-DELIVERY_FAILED = f"The image was generated but could not be posted to Discord. {NOT_CHARGED}"
+INTERRUPTED = Text("error.interrupted")
+DELIVERY_FAILED = Text("error.delivery_failed")

@@ -21,6 +21,7 @@ from typing import Literal
 import regex
 
 from bot.errors import InvalidInput
+from bot.i18n import Text
 
 RuleKind = Literal["word", "regex"]
 PATTERN_MAX_CHARS = 200
@@ -75,9 +76,9 @@ def compile_rule(kind: RuleKind, pattern: str, *, vet: bool = True) -> regex.Pat
     """
     pattern = pattern.strip()
     if not pattern:
-        raise InvalidInput("The rule is empty.", field="pattern")
+        raise InvalidInput(Text("input.rule_empty"), field="pattern")
     if len(pattern) > PATTERN_MAX_CHARS:
-        raise InvalidInput(f"The rule is longer than {PATTERN_MAX_CHARS} characters.", field="pattern")
+        raise InvalidInput(Text("input.rule_too_long", limit=PATTERN_MAX_CHARS), field="pattern")
     if kind == "word":
         letters = [ch for ch in normalise(pattern) if not ch.isspace()]
         body = _SEPARATOR.join(regex.escape(ch) for ch in letters)
@@ -86,14 +87,12 @@ def compile_rule(kind: RuleKind, pattern: str, *, vet: bool = True) -> regex.Pat
     try:
         compiled = regex.compile(pattern, regex.IGNORECASE)
     except regex.error as exc:
-        raise InvalidInput(f"That regular expression is invalid: {exc}.", field="pattern") from None
+        raise InvalidInput(Text("input.regex_invalid", detail=exc), field="pattern") from None
     for probe in _PROBES if vet else ():
         try:
             compiled.search(probe, timeout=MATCH_TIMEOUT_S)
         except TimeoutError:
-            raise InvalidInput(
-                "That regular expression is too slow (it backtracks heavily); simplify it.", field="pattern"
-            ) from None
+            raise InvalidInput(Text("input.regex_slow"), field="pattern") from None
     return compiled
 
 

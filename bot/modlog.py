@@ -6,6 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from bot.gatekeeper import Gatekeeper
+from bot.i18n import resolve, say
 
 if TYPE_CHECKING:
     from bot.contracts import Delivery
@@ -18,14 +19,15 @@ class ModerationLog:
         self._gate = gatekeeper
         self._delivery = delivery
 
-    async def post(self, guild_id: int, text: str) -> None:
-        """Post if the guild has a log channel; best effort (a failure is logged, never raised)."""
+    async def post(self, guild_id: int, text: str, guild_locale: str | None = None) -> None:
+        """Post if the guild has a log channel, in the server's language (`guild_locale` is
+        Discord's code of its preferred locale); best effort (a failure is logged, never raised)."""
         if self._gate is None:
             return
         try:
             channel_id = (await self._gate.policy(guild_id)).log_channel_id
             if channel_id is not None:
-                await self._delivery.moderation(channel_id, text)
+                await self._delivery.moderation(channel_id, say(resolve(None, guild_locale), text))
         except Exception:
             log.exception("could not post to the moderation log of guild %s", guild_id)
 

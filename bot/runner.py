@@ -20,6 +20,7 @@ from bot.config import Settings
 from bot.contracts import Delivery, DeliveryError, ImageLost
 from bot.errors import ImagineError
 from bot.gatekeeper import Gatekeeper
+from bot.i18n import Text
 from bot.imaging.client import ImageClient
 from bot.imaging.download import DownloadedImage, ImageFetcher, sniff_kind
 from bot.imaging.errors import ContentRejected, ImageDownloadError, RateLimited, UpstreamError
@@ -257,7 +258,7 @@ class JobRunner:
             if data is not None and kind is not None:
                 return DownloadedImage(data=data, kind=kind), job.image_sha256
         if not job.image_url:
-            raise ImageLost("The generated image was lost before it could be delivered. " + messages.NOT_CHARGED)
+            raise ImageLost(Text("error.image_lost"))
         image = await self._fetcher.fetch(job.image_url, request_id=job.request_id)
         sha256 = await self._images.put(image.data)
         await self.jobs.set_image(job.id, sha256)
@@ -300,11 +301,10 @@ class JobRunner:
         except Exception:
             log.exception("job %s: could not report the failure", job.id)
         if isinstance(error, ContentRejected) and job.guild_id is not None and not shared:
-            await self._mod_log.post(
-                job.guild_id,
-                f"⚠️ The provider refused a prompt of <@{job.user_id}> (content safety, request "
-                f"`{request_id or '-'}`): {excerpt(job.prompt)}",
+            text = Text(
+                "modlog.content_rejected", user=job.user_id, request_id=request_id or "-", excerpt=excerpt(job.prompt)
             )
+            await self._mod_log.post(job.guild_id, text, job.guild_locale)
         self._finish(job.id)
 
     def _finish(self, job_id: int) -> None:

@@ -36,10 +36,12 @@ from bot.contracts import (
 )
 from bot.errors import LimitReached
 from bot.gatekeeper import Gatekeeper, RuleRefusal, Usage
+from bot.i18n import Number, Text
 from bot.imaging.client import ImageClient
 from bot.imaging.download import ImageFetcher
 from bot.limiter import UpstreamLimiter
 from bot.modlog import ModerationLog, excerpt
+from bot.presets import field_name
 from bot.requests import GenerationRequest
 from bot.runner import IMAGE_SCOPES, JobRunner
 from bot.scheduler import QueueItem, QueuePosition, QueueRefusal, Reservation, Scheduler
@@ -202,7 +204,7 @@ class GenerationService:
         refusal can be the interaction's one and only (private) response.
         """
         if self._stopping:
-            raise ShuttingDown("The bot is restarting; try again in a minute.")
+            raise ShuttingDown(Text("error.restarting"))
         if not self.scheduler.healthy:  # jobs would only wait in a queue nothing takes from
             raise LimitReached(messages.STALLED, limit="stalled")
         job_id = job_id if job_id is not None else new_local_id()
@@ -331,20 +333,26 @@ class GenerationService:
         if who.guild_id is None or self._gate is None:
             return
         try:
-            await self._gate.guilds.record_refusal(who.guild_id, who.user_id, refusal.limit, refusal.message)
+            await self._gate.guilds.record_refusal(who.guild_id, who.user_id, refusal.limit, str(refusal.message))
             if isinstance(refusal, RuleRefusal):
                 rule = refusal.match.rule
-                await self._mod_log.post(
-                    who.guild_id,
-                    f"🚫 Refused <@{who.user_id}> in <#{who.channel_id}> by rule #{rule.id} ({rule.kind} "
-                    f"`{rule.pattern}`, in the {refusal.match.field.replace('_', ' ')}): "
-                    f"{excerpt(_screened_fields(request).get(refusal.match.field) or request.params.prompt)}",
+                text = Text(
+                    "modlog.rule_refusal",
+                    user=who.user_id,
+                    channel=who.channel_id,
+                    id=rule.id,
+                    kind=rule.kind,
+                    pattern=rule.pattern,
+                    field=field_name(refusal.match.field),
+                    excerpt=excerpt(_screened_fields(request).get(refusal.match.field) or request.params.prompt),
                 )
+                await self._mod_log.post(who.guild_id, text, who.guild_locale)
         except Exception:
             log.exception("could not record a refusal")
 
-    async def post_to_mod_log(self, guild_id: int, text: str) -> None:
-        await self._mod_log.post(guild_id, text)
+    async def post_to_mod_log(self, guild_id: int, text: str, guild_locale: str | None = None) -> None:
+        """A line in the guild's moderation log, in the server's language (`guild_locale`, Discord's code)."""
+        await self._mod_log.post(guild_id, text, guild_locale)
 
     async def usage(self, who: Requester) -> Usage:
         """What /usage shows: the caller's images today and this month, and the guild's budget."""
@@ -466,6 +474,8 @@ def _new_job(job_id: int, request: GenerationRequest, who: Requester, reply: Rep
         reroll_of=request.reroll_of,
         interaction_token=reply.token if reply else None,
         token_expires_at=iso(reply.expires_at) if reply else None,
+        locale=who.locale,
+        guild_locale=who.guild_locale,
     )
 
 
@@ -482,15 +492,9 @@ def _screened_fields(request: GenerationRequest) -> dict[str, str | None]:
 def _limit_for(refusal: QueueRefusal, settings: Settings) -> LimitReached:
     wait = max(1, round(refusal.retry_after_s or 60))
     if refusal.reason == "guild_queue_full":
-        text = f"This server's queue is full ({settings.guild_queue_max} waiting). Try again in about {wait} s."
+        text = Text("refusal.guild_queue_full", waiting=Number(settings.guild_queue_max), seconds=Number(wait))
     elif refusal.reason == "user_pending":
-        text = (
-            f"You already have {settings.user_pending_max} image(s) queued or generating. "
-            "Wait for one to finish, then try again."
-        )
+        text = Text("refusal.user_pending", pending=Number(settings.user_pending_max))
     else:
-        text = (
-            "The queue is too long to finish your image before Discord's 15-minute reply window closes. "
-            f"Try again in about {wait} s."
-        )
+        text = Text("refusal.too_long_wait", seconds=Number(wait))
     return LimitReached(text, limit=refusal.reason)

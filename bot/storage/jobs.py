@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,8 @@ class NewJob:
     token_expires_at: str | None = None
     message_id: int | None = None
     reroll_of: int | None = None
+    locale: str | None = None  # Discord's code of the requester's language, for the reply
+    guild_locale: str | None = None  # the server's, for posts in its channels
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,8 @@ class Job:
     message_id: int | None
     reroll_of: int | None
     cache_hit: bool  # answered from the result cache: no upstream call, no cost
+    locale: str | None = None  # Discord's code of the requester's language ("zh-CN"); None: unknown
+    guild_locale: str | None = None  # the server's preferred language, for channel posts
 
     @property
     def finished(self) -> bool:
@@ -147,8 +152,9 @@ class JobStore:
                 """
                 INSERT INTO jobs (id, guild_id, channel_id, user_id, requester, command, style, model, prompt,
                                   negative_prompt, size, prompt_extend, watermark, inputs_json, queued_at,
-                                  interaction_token, token_expires_at, message_id, reroll_of, quota_json)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                  interaction_token, token_expires_at, message_id, reroll_of, quota_json,
+                                  locale, guild_locale)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (id) DO NOTHING
                 RETURNING id
                 """,
@@ -173,6 +179,8 @@ class JobStore:
                     job.message_id,
                     job.reroll_of,
                     charges_to_json(charges),
+                    job.locale,
+                    job.guild_locale,
                 ),
             )
             if await cursor.fetchone() is None:
@@ -183,6 +191,22 @@ class JobStore:
                     raise CooldownActive(blocking, cooldown.cooldown_ms)
             await apply_charges(db, charges)
         return True
+
+    async def recent_negative_prompts(
+        self, requester: str, *, exclude: Sequence[str] = (), limit: int = 20
+    ) -> list[str]:
+        """A requester's own negative prompts, most recently used first, each once (for autocomplete);
+        `exclude`: values not to repeat (the styles' defaults, which the user did not write)."""
+        others = "".join(" AND negative_prompt <> ?" for _ in exclude)
+        rows = await self._store.fetch_all(
+            f"""
+            SELECT negative_prompt FROM jobs
+            WHERE requester = ? AND negative_prompt <> ''{others}
+            GROUP BY negative_prompt ORDER BY MAX(queued_at) DESC LIMIT ?
+            """,
+            (requester, *exclude, limit),
+        )
+        return [row[0] for row in rows]
 
     async def get(self, job_id: int) -> Job | None:
         row = await self._store.fetch_one("SELECT * FROM jobs WHERE id = ?", (job_id,))

@@ -244,6 +244,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO queue_counter (id, value) VALUES (1, 0)",
         ),
     ),
+    Migration(
+        8,
+        "the languages of a job's reader and server (Discord's codes): replies and channel posts in them",
+        (
+            "ALTER TABLE jobs ADD COLUMN locale TEXT",  # the requester's client ('zh-CN'); NULL: English
+            "ALTER TABLE jobs ADD COLUMN guild_locale TEXT",  # the server's preferred locale
+        ),
+    ),
 )
 
 LATEST_VERSION = max(m.version for m in MIGRATIONS)

@@ -190,4 +190,12 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE SEQUENCE queue_turn_seq",
         ),
     ),
+    Migration(
+        3,
+        "the languages of a job's reader and server (Discord's codes): replies and channel posts in them",
+        (
+            "ALTER TABLE jobs ADD COLUMN locale TEXT",
+            "ALTER TABLE jobs ADD COLUMN guild_locale TEXT",
+        ),
+    ),
 )
