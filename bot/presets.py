@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from bot.errors import InvalidInput
+from bot.i18n import Text, has, items
 
 # --- sizes -------------------------------------------------------------------------------
 
@@ -57,7 +58,7 @@ def parse_size(value: str) -> tuple[int, int]:
     """``"1328*1328"`` (or ``"1328x1328"``, ``"1328×1328"``) -> ``(1328, 1328)``."""
     match = _SIZE_RE.match(value) if isinstance(value, str) else None
     if not match or int(match[1]) <= 0 or int(match[2]) <= 0:
-        raise InvalidInput(f"Size '{value}' is not in the form WIDTH*HEIGHT, for example 1328*1328.", field="size")
+        raise InvalidInput(Text("input.size_form", value=value), field="size")
     return int(match[1]), int(match[2])
 
 
@@ -79,8 +80,8 @@ def validate_size(value: str, allowed_sizes: Iterable[str] = SIZE_VALUES) -> str
     except InvalidInput:
         canonical = None
     if canonical not in allowed:
-        choices = ", ".join(s if size_label(s) == s else f"{s} ({size_label(s)})" for s in allowed)
-        raise InvalidInput(f"Unknown size '{value}'. Choose one of: {choices}.", field="size")
+        choices = items(s if size_label(s) == s else f"{s} ({size_label(s)})" for s in allowed)
+        raise InvalidInput(Text("input.size_unknown", value=value, choices=choices), field="size")
     return canonical
 
 
@@ -124,7 +125,7 @@ def get_style(name: str) -> Style:
     """Look a style up by name (case and surrounding spaces ignored)."""
     style = STYLES.get(name.strip().lower()) if isinstance(name, str) else None
     if style is None:
-        raise InvalidInput(f"Unknown style '{name}'. Choose one of: {', '.join(STYLES)}.", field="style")
+        raise InvalidInput(Text("input.style_unknown", value=name, choices=items(STYLES)), field="style")
     return style
 
 
@@ -142,17 +143,22 @@ NEGATIVE_SETS: Mapping[str, str] = MappingProxyType(
 
 # --- validation ----------------------------------------------------------------------------
 
-# How each field is named in a sentence, and what to do when it is empty.
-_FIELD_NAMES = {"negative_prompt": "negative prompt", "left": "left scroll",
-                "right": "right scroll", "horizontal": "horizontal scroll"}  # fmt: skip
-_EMPTY_HINTS = {"prompt": "describe the picture you want", "title": "give the poster a title"}
+# Every field is named in a sentence by its catalogue key `field.<name>`; a required field has
+# a hint for when it is empty (`hint.<name>`, else "write the <name>").
+_EMPTY_HINTS = frozenset({"prompt", "title"})
 # Bidi embeddings/overrides and isolates: invisible, and they can make text read differently
 # from what is sent (the "Trojan Source" trick), so they are refused like control characters.
 _BIDI = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
 
 
-def _field_name(field: str) -> str:
-    return _FIELD_NAMES.get(field, field.replace("_", " "))
+def field_name(field: str) -> str:
+    return Text(f"field.{field}") if has(f"field.{field}") else field.replace("_", " ")
+
+
+def count_chars(text: str) -> int:
+    """Characters as the provider counts a prompt: one per Unicode code point, so a Chinese
+    character, a letter, a digit and a punctuation mark each count one (never bytes)."""
+    return len(text)
 
 
 def validate_text(value: str | None, *, field: str, max_chars: int, required: bool = True) -> str:
@@ -164,20 +170,20 @@ def validate_text(value: str | None, *, field: str, max_chars: int, required: bo
     counted in characters, not bytes (a Chinese character counts as one).
     """
     text = (value or "").strip()
-    name = _field_name(field)
+    name = field_name(field)
     if not text:
         if not required:
             return ""
-        hint = _EMPTY_HINTS.get(field, f"write the {name}")
-        raise InvalidInput(f"The {name} is empty: {hint}.", field=field)
+        hint = Text(f"hint.{field}") if field in _EMPTY_HINTS else Text("hint.write", name=name)
+        raise InvalidInput(Text("input.empty", name=name, hint=hint), field=field)
     for char in text:
         category = unicodedata.category(char)
         if category in ("Cc", "Cs") or char in _BIDI:
-            kind = "an invisible text-direction character" if char in _BIDI else "a control character"
-            raise InvalidInput(f"The {name} contains {kind} (U+{ord(char):04X}); remove it and try again.", field=field)
-    if len(text) > max_chars:
+            key = "input.bidi_char" if char in _BIDI else "input.control_char"
+            raise InvalidInput(Text(key, name=name, code=f"{ord(char):04X}"), field=field)
+    if count_chars(text) > max_chars:
         raise InvalidInput(
-            f"The {name} is {len(text)} characters long; the limit is {max_chars}. Shorten it and try again.",
+            Text("input.too_long", name=name, length=count_chars(text), limit=max_chars),
             field=field,
         )
     return text
@@ -188,6 +194,17 @@ def validate_text(value: str | None, *, field: str, max_chars: int, required: bo
 FIELD_MAX_CHARS = 200
 DEFAULT_COUPLET_BACKGROUND = "red Xuan paper"
 DEFAULT_COUPLET_FONT = "regular script in gold"
+DEFAULT_COUPLET_BACKGROUND_ZH = "红色宣纸"
+DEFAULT_COUPLET_FONT_ZH = "金色楷书"
+#: the languages a prompt is built in: the provider's showcase prompts are English and Chinese
+PROMPT_LANGUAGES = ("en", "zh")
+# Han ideographs (with the extensions and compatibility blocks): what makes text "Chinese" here
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
+
+
+def is_chinese(*texts: str | None) -> bool:
+    """Whether the text is written in Chinese: it contains Han characters (mixed text counts)."""
+    return any(_HAN.search(text) for text in texts if text)
 
 
 def _field(value: str | None, field: str, *, required: bool) -> str:
@@ -196,8 +213,32 @@ def _field(value: str | None, field: str, *, required: bool) -> str:
     return text.replace("'", "\u2019")
 
 
-def poster_prompt(title: str, subtitle: str | None = None, background: str | None = None) -> str:
-    """The spec's poster shape: explicit quoted text renders far better than "a poster"."""
+def _zh_field(value: str | None, field: str, *, required: bool) -> str:
+    """The same for a Chinese prompt, which quotes with “…”: a straight or closing ” inside becomes ″."""
+    text = validate_text(value, field=field, max_chars=FIELD_MAX_CHARS, required=required)
+    return text.replace('"', "\u2033").replace("\u201d", "\u2033")
+
+
+# The provider's advice for text in images, followed by both builders: quote the exact text, say
+# where it goes and in what style, never translate the quoted text, and say what to show rather
+# than what to avoid (no negations). English keeps the spec's example shape word for word.
+
+
+def poster_prompt(
+    title: str, subtitle: str | None = None, background: str | None = None, *, language: str | None = None
+) -> str:
+    """The spec's poster shape: explicit quoted text renders far better than "a poster".
+
+    `language` ("en" or "zh") is the prompt's language; by default Chinese when the title or
+    subtitle is, English otherwise. The quoted text is sent exactly as written in either.
+    """
+    if _language(language, title, subtitle) == "zh":
+        prompt = f"一张海报，顶部标题“{_zh_field(title, 'title', required=True)}”"
+        if sub := _zh_field(subtitle, "subtitle", required=False):
+            prompt += f"，标题下方副标题“{sub}”"
+        if bg := _zh_field(background, "background", required=False):
+            prompt += f"，背景是{bg}"
+        return prompt + "，文字清晰工整"
     prompt = f"A poster with the title '{_field(title, 'title', required=True)}'"
     if sub := _field(subtitle, "subtitle", required=False):
         prompt += f" and subtitle '{sub}'"
@@ -207,9 +248,28 @@ def poster_prompt(title: str, subtitle: str | None = None, background: str | Non
 
 
 def couplet_prompt(
-    left: str, right: str, horizontal: str, background: str | None = None, font: str | None = None
+    left: str,
+    right: str,
+    horizontal: str,
+    background: str | None = None,
+    font: str | None = None,
+    *,
+    language: str | None = None,
 ) -> str:
-    """The spec's couplet shape; background and font default to the spec's example."""
+    """The spec's couplet shape; background and font default to the spec's example.
+
+    In Chinese when the scrolls are written in Chinese (the provider's couplet showcase is a
+    Chinese prompt), in English otherwise; the scrolls are quoted exactly, never translated.
+    """
+    if _language(language, left, right) == "zh":
+        parts = (
+            f"左侧竖联“{_zh_field(left, 'left', required=True)}”",
+            f"右侧竖联“{_zh_field(right, 'right', required=True)}”",
+            f"顶部横批“{_zh_field(horizontal, 'horizontal', required=True)}”",
+            f"背景是{_zh_field(background, 'background', required=False) or DEFAULT_COUPLET_BACKGROUND_ZH}",
+            f"字体是{_zh_field(font, 'font', required=False) or DEFAULT_COUPLET_FONT_ZH}",
+        )
+        return "一副中国春联，" + "，".join(parts)
     parts = (
         f"left scroll '{_field(left, 'left', required=True)}'",
         f"right scroll '{_field(right, 'right', required=True)}'",
@@ -218,6 +278,26 @@ def couplet_prompt(
         f"font is {_field(font, 'font', required=False) or DEFAULT_COUPLET_FONT}",
     )
     return "A Chinese couplet, " + ", ".join(parts)
+
+
+def couplet_lengths(inputs: Mapping[str, object]) -> tuple[int, int] | None:
+    """(left, right) in characters when a couplet's two scrolls differ in length, else None.
+
+    A couplet's two lines match character for character; a mismatch is allowed (people write
+    free verse too) but worth a warning. Counted as the provider counts (`count_chars`).
+    """
+    left, right = str(inputs.get("left") or "").strip(), str(inputs.get("right") or "").strip()
+    if not left or not right or count_chars(left) == count_chars(right):
+        return None
+    return count_chars(left), count_chars(right)
+
+
+def _language(language: str | None, *texts: str | None) -> str:
+    if language is None or language == "auto":
+        return "zh" if is_chinese(*texts) else "en"
+    if language not in PROMPT_LANGUAGES:
+        raise InvalidInput(Text("input.language_unknown", value=language, choices=items(PROMPT_LANGUAGES)))
+    return language
 
 
 # --- resolving a request -------------------------------------------------------------------

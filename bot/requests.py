@@ -11,11 +11,14 @@ from typing import Any
 
 from bot import presets
 from bot.config import Settings
+from bot.errors import InvalidInput
+from bot.i18n import Text, items
 from bot.presets import ImageParams
 from bot.storage.jobs import Job
 
 POSTER_DEFAULT_STYLE = "poster"  # 928*1664, as the spec's poster scenario
 COUPLET_STYLE = "couplet"  # 1140*1472, as the spec's couplet scenario
+POSTER_STYLES = ("poster", "text-poster", "precise")  # the scenarios a poster can be made in
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +64,21 @@ class RequestBuilder:
         size: str | None = None,
         style: str | None = None,
         watermark: bool | None = None,
+        language: str | None = None,
     ) -> GenerationRequest:
-        prompt = presets.poster_prompt(title, subtitle, background)
-        params = self._resolve(prompt, style=style or POSTER_DEFAULT_STYLE, size=size, watermark=watermark)
-        inputs = _present(title=title, subtitle=subtitle, background=background)
+        """A poster; `language` ("en"/"zh", default: the title's) is the language of the prompt.
+
+        Naming the language says the text is exact: the service's prompt rewriting (which may
+        paraphrase or translate the quoted title) stays off then, whatever the style says.
+        """
+        if style is not None and presets.get_style(style).name not in POSTER_STYLES:
+            raise InvalidInput(Text("input.style_unknown", value=style, choices=items(POSTER_STYLES)), field="style")
+        prompt = presets.poster_prompt(title, subtitle, background, language=language)
+        exact = False if language is not None else None
+        params = self._resolve(
+            prompt, style=style or POSTER_DEFAULT_STYLE, size=size, watermark=watermark, prompt_extend=exact
+        )
+        inputs = _present(title=title, subtitle=subtitle, background=background, language=language)
         return GenerationRequest(command="poster", params=params, model=self._settings.image_model, inputs=inputs)
 
     def couplet(

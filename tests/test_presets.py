@@ -301,8 +301,8 @@ def test_couplet_prompt_matches_the_spec_example():
 
 
 def test_couplet_prompt_uses_given_background_and_font():
-    assert couplet_prompt("春回大地", "福满人间", "万象更新", "gold foil", "clerical script").endswith(
-        "horizontal scroll '万象更新', background is gold foil, font is clerical script"
+    assert couplet_prompt("Spring returns", "Joy fills", "Renewal", "gold foil", "clerical script").endswith(
+        "horizontal scroll 'Renewal', background is gold foil, font is clerical script"
     )
 
 
