@@ -23,11 +23,13 @@ import discord
 import yarl
 from discord.ext import commands
 
+from bot import i18n
 from bot.config import Settings
 from bot.pipeline import Pipeline
 from bot.requests import RequestBuilder
 from bot.service import GenerationService
 from bot.storage.db import utc_now
+from bot.translator import CatalogueTranslator
 from bot.tree import ImagineTree
 from bot.ui.delivery import DiscordDelivery, ViewFactory
 
@@ -106,13 +108,14 @@ class ImagineBot(commands.AutoShardedBot):
         """
         self._result_view = factory
 
-    def result_view(self, job_id: int) -> discord.ui.View:
-        """The buttons for a delivered job (no buttons if the Results cog has been unloaded)."""
+    def result_view(self, job_id: int, locale: str = i18n.DEFAULT) -> discord.ui.View:
+        """The buttons for a delivered job, labelled in `locale` (none if the Results cog has been unloaded)."""
         if self._result_view is None:
             return discord.ui.View(timeout=None)
-        return self._result_view(job_id)
+        return self._result_view(job_id, locale)
 
     async def setup_hook(self) -> None:
+        await self.tree.set_translator(CatalogueTranslator())  # before any sync: localisations go with it
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         if not self._serve:
@@ -139,7 +142,7 @@ class ImagineBot(commands.AutoShardedBot):
             log.info("commands synced to the development server %s", self.settings.dev_guild_id)
             return True
         assert self.pipeline is not None
-        digest = commands_digest(self.tree)
+        digest = await commands_digest(self.tree)
         if not force and await self.pipeline.store.get_meta(COMMANDS_DIGEST_KEY) == digest:
             log.info("commands unchanged since the last sync; not syncing")
             return False
@@ -202,9 +205,14 @@ class ImagineBot(commands.AutoShardedBot):
             self._closed.set()
 
 
-def commands_digest(tree: discord.app_commands.CommandTree) -> str:
-    payload = [command.to_dict(tree) for command in tree.get_commands()]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+async def commands_digest(tree: discord.app_commands.CommandTree) -> str:
+    """What was synced, translations included: a changed translation is a reason to sync again."""
+    translator = tree.translator
+    if translator is None:
+        payload = [command.to_dict(tree) for command in tree.get_commands()]
+    else:
+        payload = [await command.get_translated_payload(tree, translator) for command in tree.get_commands()]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 async def serve(settings: Settings) -> int:
@@ -256,7 +264,7 @@ async def force_sync(settings: Settings) -> int:
         async with bot:
             await bot.login(settings.discord_token.get_secret_value())
             synced = await bot.tree.sync()
-            await store.set_meta(COMMANDS_DIGEST_KEY, commands_digest(bot.tree))
+            await store.set_meta(COMMANDS_DIGEST_KEY, await commands_digest(bot.tree))
     finally:
         await store.close()
     print(f"synced {len(synced)} command(s) globally: " + ", ".join(f"/{c.name}" for c in synced))

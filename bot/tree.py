@@ -16,7 +16,8 @@ from discord import app_commands
 
 from bot import messages
 from bot.errors import ImagineError
-from bot.ui import render
+from bot.i18n import t
+from bot.ui import flow, render
 
 log = logging.getLogger("imagine.errors")
 
@@ -24,7 +25,9 @@ log = logging.getLogger("imagine.errors")
 class ImagineTree(app_commands.CommandTree):
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         if interaction.guild_id is None:
-            await interaction.response.send_message(render.DM_ONLY_TEXT, ephemeral=True)
+            await interaction.response.send_message(
+                render.DM_ONLY_TEXT.render(flow.locale_of(interaction)), ephemeral=True
+            )
             return False
         return True
 
@@ -37,16 +40,17 @@ class ImagineTree(app_commands.CommandTree):
 async def report_error(interaction: discord.Interaction, error: BaseException) -> None:
     """Tell the user what went wrong, privately; log what they cannot fix."""
     original = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+    locale = flow.locale_of(interaction)  # refusals raised deep in the code carry a key: said in the user's language
     if isinstance(original, ImagineError):
-        text = messages.describe(original)
+        text = messages.describe(original, locale)
     elif isinstance(original, app_commands.TransformerError):
-        text = f"'{original.value}' is not a valid value for that option; pick one from the list."
+        text = t(locale, "error.bad_option", value=original.value)
     elif isinstance(original, app_commands.MissingPermissions | app_commands.CheckFailure):
-        text = "You do not have permission to use this command here."
+        text = t(locale, "error.no_permission")
     else:
         reference = secrets.token_hex(4)
         log.error("unexpected error in %s (reference %s)", _what(interaction), reference, exc_info=original)
-        text = f"Something went wrong on our side (reference `{reference}`). {messages.NOT_CHARGED}"
+        text = t(locale, "error.ours_reference", reference=reference)
     await reply_privately(interaction, text)
 
 

@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
-from discord.app_commands import Choice, Range
+from discord.app_commands import Choice, Range, locale_str
 from discord.ext import commands
 
 from bot.admin import parse_cny, parse_count
-from bot.ui import render, render_admin
+from bot.i18n import items, say, t
+from bot.ui import flow, render, render_admin
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot
@@ -55,16 +56,17 @@ class Admin(commands.Cog):
         return self.bot.pipeline.admin
 
     async def _changed(self, interaction: discord.Interaction, text: str) -> None:
-        """Answer the admin privately and tell the moderation log."""
-        await _answer(interaction, content=text)
+        """Answer the admin privately (in their language) and tell the moderation log (in the server's)."""
+        await _answer(interaction, content=say(flow.locale_of(interaction), text))
         assert interaction.guild_id is not None
-        await self.bot.service.post_to_mod_log(interaction.guild_id, f"⚙️ {text}")
+        server = flow.guild_locale_of(interaction)
+        await self.bot.service.post_to_mod_log(interaction.guild_id, f"⚙️ {say(server, text)}")
 
     # -- limits ---------------------------------------------------------------------------------
     @limits.command(name="show", description="The limits in force in this server")
     async def limits_show(self, interaction: discord.Interaction) -> None:
         policy = await self._admin.policy(interaction.guild_id)
-        await _answer(interaction, embed=render_admin.limits_embed(policy))
+        await _answer(interaction, embed=render_admin.limits_embed(policy, flow.locale_of(interaction)))
 
     @limits.command(name="set", description="Change this server's limits (numbers, or 'unlimited')")
     @app_commands.describe(
@@ -103,6 +105,7 @@ class Admin(commands.Cog):
 
     @limits.command(name="role", description="Override the image limits for members with a role")
     @app_commands.describe(
+        role="The role whose members get these limits",
         daily="Images a day (or 'unlimited')",
         monthly="Images a month (or 'unlimited'); empty: the server's monthly limit",
     )
@@ -120,6 +123,7 @@ class Admin(commands.Cog):
         await self._changed(interaction, text)
 
     @limits.command(name="clear-role", description="Remove a role's override")
+    @app_commands.describe(role="The role to give the server's limits again")
     async def limits_clear_role(self, interaction: discord.Interaction, role: discord.Role) -> None:
         await self._changed(
             interaction,
@@ -128,7 +132,9 @@ class Admin(commands.Cog):
 
     # -- blocks ---------------------------------------------------------------------------------
     @admin.command(name="block", description="Stop a member from generating images")
-    @app_commands.describe(reason="Told to the member", hours="How long (empty: until unblocked)")
+    @app_commands.describe(
+        user="The member to block", reason="Told to the member", hours="How long (empty: until unblocked)"
+    )
     async def block(
         self,
         interaction: discord.Interaction,
@@ -141,13 +147,14 @@ class Admin(commands.Cog):
         await self._changed(interaction, text)
 
     @admin.command(name="unblock", description="Let a blocked member generate images again")
+    @app_commands.describe(user="The member to unblock")
     async def unblock(self, interaction: discord.Interaction, user: discord.User) -> None:
         await self._changed(interaction, await self._admin.unblock(interaction.guild_id, interaction.user.id, user.id))
 
     @admin.command(name="blocks", description="Who is blocked, why, and until when")
     async def blocks(self, interaction: discord.Interaction) -> None:
         blocks = await self._admin.blocks(interaction.guild_id)
-        await _answer(interaction, embed=render_admin.blocks_embed(blocks))
+        await _answer(interaction, embed=render_admin.blocks_embed(blocks, flow.locale_of(interaction)))
 
     # -- prompt rules ---------------------------------------------------------------------------
     @rules.command(name="add", description="Refuse prompts containing a word or matching a pattern")
@@ -156,7 +163,12 @@ class Admin(commands.Cog):
         pattern="The word or the regular expression",
         reason="What a refused member is told",
     )
-    @app_commands.choices(kind=[Choice(name="word", value="word"), Choice(name="regex", value="regex")])
+    @app_commands.choices(
+        kind=[
+            Choice(name=locale_str("word", key="choice.kind.word"), value="word"),
+            Choice(name=locale_str("regex", key="choice.kind.regex"), value="regex"),
+        ]
+    )
     async def rules_add(
         self,
         interaction: discord.Interaction,
@@ -174,21 +186,24 @@ class Admin(commands.Cog):
         await self._changed(interaction, text)
 
     @rules.command(name="remove", description="Remove a prompt rule by its number")
+    @app_commands.describe(rule="The rule's number, as /imagine-admin rules list shows it")
     async def rules_remove(self, interaction: discord.Interaction, rule: int) -> None:
         await self._changed(interaction, await self._admin.remove_rule(interaction.guild_id, interaction.user.id, rule))
 
     @rules.command(name="list", description="This server's prompt rules")
     async def rules_list(self, interaction: discord.Interaction) -> None:
         rules = await self._admin.rules(interaction.guild_id)
-        await _answer(interaction, embed=render_admin.rules_embed(rules))
+        await _answer(interaction, embed=render_admin.rules_embed(rules, flow.locale_of(interaction)))
 
     # -- channels and the log -------------------------------------------------------------------
     @channels.command(name="allow", description="Allow images in a channel (then only allowed channels work)")
+    @app_commands.describe(channel="The channel to allow")
     async def channels_allow(self, interaction: discord.Interaction, channel: discord.TextChannel) -> None:
         text = await self._admin.allow_channel(interaction.guild_id, interaction.user.id, channel.id, True)
         await self._changed(interaction, text)
 
     @channels.command(name="disallow", description="Remove a channel from the allowed list")
+    @app_commands.describe(channel="The channel to remove")
     async def channels_disallow(self, interaction: discord.Interaction, channel: discord.TextChannel) -> None:
         text = await self._admin.allow_channel(interaction.guild_id, interaction.user.id, channel.id, False)
         await self._changed(interaction, text)
@@ -196,10 +211,13 @@ class Admin(commands.Cog):
     @channels.command(name="list", description="Where images may be made")
     async def channels_list(self, interaction: discord.Interaction) -> None:
         policy = await self._admin.policy(interaction.guild_id)
-        listed = ", ".join(f"<#{c}>" for c in sorted(policy.allowed_channels)) or "every channel"
-        await _answer(interaction, content=f"Images can be made in: {listed}.")
+        locale = flow.locale_of(interaction)
+        channels = [f"<#{c}>" for c in sorted(policy.allowed_channels)]
+        listed = t(locale, "channels.listed", channels=items(channels)) if channels else t(locale, "channels.every")
+        await _answer(interaction, content=listed)
 
     @admin.command(name="log-channel", description="Where refusals, blocks and changes are posted (empty: off)")
+    @app_commands.describe(channel="The moderation log channel (empty: no log)")
     async def log_channel(self, interaction: discord.Interaction, channel: discord.TextChannel | None = None) -> None:
         text = await self._admin.set_log_channel(
             interaction.guild_id, interaction.user.id, channel.id if channel else None
@@ -224,6 +242,7 @@ class Admin(commands.Cog):
 
     # -- usage, reports, export -----------------------------------------------------------------
     @admin.command(name="reset", description="Give a member back today's images")
+    @app_commands.describe(user="The member whose images today are given back")
     async def reset(self, interaction: discord.Interaction, user: discord.User) -> None:
         await self._changed(
             interaction, await self._admin.reset_today(interaction.guild_id, interaction.user.id, user.id)
@@ -233,7 +252,7 @@ class Admin(commands.Cog):
     @app_commands.describe(days="How many days back (default 7)")
     async def report(self, interaction: discord.Interaction, days: Range[int, 1, 366] = 7) -> None:
         report = await self._admin.report(interaction.guild_id, days)
-        await _answer(interaction, embed=render_admin.report_embed(report, days))
+        await _answer(interaction, embed=render_admin.report_embed(report, days, flow.locale_of(interaction)))
 
     @admin.command(name="export", description="This server's ledger as a CSV file")
     @app_commands.describe(days="How many days back (default 30)")
@@ -242,7 +261,7 @@ class Admin(commands.Cog):
         name = f"imagine-ledger-{interaction.guild_id}-{days}d.csv"
         await _answer(
             interaction,
-            content=f"The ledger of the last {days} day(s).",
+            content=t(flow.locale_of(interaction), "export.ledger", days=days),
             attachments=[discord.File(io.BytesIO(data), filename=name)],
         )
 

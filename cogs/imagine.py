@@ -12,19 +12,24 @@ from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
-from discord.app_commands import Choice, Range
+from discord.app_commands import Choice, Range, locale_str
 from discord.ext import commands
 
 from bot import presets
-from bot.requests import GenerationRequest
-from bot.ui import flow, render, render_admin
+from bot.requests import POSTER_STYLES, GenerationRequest
+from bot.ui import flow, render, render_admin, suggest
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot
 
-SIZE_CHOICES = [Choice(name=size.label, value=size.value) for size in presets.SIZES]
-STYLE_CHOICES = [Choice(name=style.label, value=style.name) for style in presets.STYLES.values()]
-POSTER_STYLE_CHOICES = [c for c in STYLE_CHOICES if c.value in ("poster", "text-poster", "precise")]
+# Choice names carry their catalogue key: the translator names them in the reader's language.
+SIZE_CHOICES = [
+    Choice(name=locale_str(size.label, key=f"size.{size.value}"), value=size.value) for size in presets.SIZES
+]
+LANGUAGE_CHOICES = [
+    Choice(name=locale_str("Chinese", key="choice.language.zh"), value="zh"),
+    Choice(name=locale_str("English", key="choice.language.en"), value="en"),
+]
 FIELD = presets.FIELD_MAX_CHARS
 
 
@@ -39,6 +44,19 @@ class Imagine(commands.Cog):
     async def _start(self, interaction: discord.Interaction, request: GenerationRequest) -> None:
         await flow.start(self.bot.service, interaction, request)  # a refusal raises: the tree answers privately
 
+    # -- autocomplete: Discord asks as the user types; at most 25 answers, each within 3 seconds ------
+    async def _styles(self, interaction: discord.Interaction, current: str) -> list[Choice[str]]:
+        return suggest.styles(current, flow.locale_of(interaction))
+
+    async def _poster_styles(self, interaction: discord.Interaction, current: str) -> list[Choice[str]]:
+        return suggest.styles(current, flow.locale_of(interaction), only=POSTER_STYLES)
+
+    async def _negative_prompts(self, interaction: discord.Interaction, current: str) -> list[Choice[str]]:
+        recent = await self.bot.service.jobs.recent_negative_prompts(
+            str(interaction.user.id), exclude=suggest.STYLE_NEGATIVES
+        )
+        return suggest.negative_prompts(current, flow.locale_of(interaction), recent)
+
     @app_commands.command(name="imagine", description="Generate an image from a text prompt")
     @app_commands.describe(
         prompt="What to draw (Chinese and English text render well)",
@@ -48,13 +66,14 @@ class Imagine(commands.Cog):
         prompt_extend="Let the service expand a short prompt (style decides by default)",
         watermark="Add the provider's watermark (style decides by default)",
     )
-    @app_commands.choices(size=SIZE_CHOICES, style=STYLE_CHOICES)
+    @app_commands.choices(size=SIZE_CHOICES)
+    @app_commands.autocomplete(style=_styles, negative_prompt=_negative_prompts)
     async def imagine(
         self,
         interaction: discord.Interaction,
         prompt: Range[str, 1, 800],
         size: Choice[str] | None = None,
-        style: Choice[str] | None = None,
+        style: Range[str, 1, 100] | None = None,
         negative_prompt: Range[str, 0, 500] | None = None,
         prompt_extend: bool | None = None,
         watermark: bool | None = None,
@@ -62,7 +81,7 @@ class Imagine(commands.Cog):
         request = self.bot.requests.imagine(
             prompt,
             size=_value(size),
-            style=_value(style),
+            style=style,
             negative_prompt=negative_prompt,
             prompt_extend=prompt_extend,
             watermark=watermark,
@@ -77,8 +96,10 @@ class Imagine(commands.Cog):
         size="Image size (default 9:16 portrait)",
         style="A preset scenario (default: poster design)",
         watermark="Add the provider's watermark",
+        language="The language of the poster's text (default: the title's); the text is kept exactly as written",
     )
-    @app_commands.choices(size=SIZE_CHOICES, style=POSTER_STYLE_CHOICES)
+    @app_commands.choices(size=SIZE_CHOICES, language=LANGUAGE_CHOICES)
+    @app_commands.autocomplete(style=_poster_styles)
     async def poster(
         self,
         interaction: discord.Interaction,
@@ -86,11 +107,18 @@ class Imagine(commands.Cog):
         subtitle: Range[str, 1, FIELD] | None = None,
         background: Range[str, 1, FIELD] | None = None,
         size: Choice[str] | None = None,
-        style: Choice[str] | None = None,
+        style: Range[str, 1, 100] | None = None,
         watermark: bool | None = None,
+        language: Choice[str] | None = None,
     ) -> None:
         request = self.bot.requests.poster(
-            title, subtitle, background, size=_value(size), style=_value(style), watermark=watermark
+            title,
+            subtitle,
+            background,
+            size=_value(size),
+            style=style,
+            watermark=watermark,
+            language=_value(language),
         )
         await self._start(interaction, request)
 
@@ -126,13 +154,15 @@ class Imagine(commands.Cog):
             mine=status.mine,
             new_request_wait_s=status.new_request_wait_s,
             queue_max=self.bot.settings.guild_queue_max,
+            locale=flow.locale_of(interaction),
         )
         await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=render.NO_PINGS)
 
     @app_commands.command(name="usage", description="Your images today and this month, and the server's budget")
     async def usage(self, interaction: discord.Interaction) -> None:
         usage = await self.bot.service.usage(flow.requester_of(interaction))
-        await interaction.response.send_message(embed=render_admin.usage_embed(usage), ephemeral=True)
+        embed = render_admin.usage_embed(usage, flow.locale_of(interaction))
+        await interaction.response.send_message(embed=embed, ephemeral=True)
 
 
 async def setup(bot: ImagineBot) -> None:

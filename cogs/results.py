@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord.ext import commands
 
+from bot import i18n
 from bot.errors import ImagineError
 from bot.tree import report_error
 from bot.ui import flow, render
@@ -24,14 +25,13 @@ class _JobButton(discord.ui.DynamicItem[discord.ui.Button], template=r"imagine:(
     """Base: parses `imagine:<action>:<job id>`; subclasses set the action and the handler."""
 
     action = ""
-    label = ""
     emoji = ""
     style = discord.ButtonStyle.secondary
 
-    def __init__(self, job_id: int) -> None:
+    def __init__(self, job_id: int, locale: str = i18n.DEFAULT) -> None:
         super().__init__(
             discord.ui.Button(
-                label=self.label,
+                label=i18n.t(locale, f"button.{self.action}"),
                 emoji=self.emoji,
                 style=self.style,
                 custom_id=f"imagine:{self.action}:{job_id}",
@@ -56,7 +56,7 @@ class _JobButton(discord.ui.DynamicItem[discord.ui.Button], template=r"imagine:(
 
 
 class RerollButton(_JobButton, template=r"imagine:reroll:(?P<job_id>\d+)"):
-    action, label, emoji = "reroll", "Reroll", "🔄"
+    action, emoji = "reroll", "🔄"
 
     async def handle(self, interaction: discord.Interaction, bot: ImagineBot) -> None:
         job = await bot.service.jobs.get(self.job_id)
@@ -67,27 +67,29 @@ class RerollButton(_JobButton, template=r"imagine:reroll:(?P<job_id>\d+)"):
 
 
 class DetailsButton(_JobButton, template=r"imagine:details:(?P<job_id>\d+)"):
-    action, label, emoji = "details", "Details", "ℹ️"
+    action, emoji = "details", "ℹ️"
 
     async def handle(self, interaction: discord.Interaction, bot: ImagineBot) -> None:
         job = await bot.service.jobs.get(self.job_id)
+        locale = flow.locale_of(interaction)
         if job is None:
-            await interaction.response.send_message(render.JOB_GONE, ephemeral=True)
+            await interaction.response.send_message(render.JOB_GONE.render(locale), ephemeral=True)
             return
         await interaction.response.send_message(
-            embed=render.details_embed(job), ephemeral=True, allowed_mentions=render.NO_PINGS
+            embed=render.details_embed(job, locale), ephemeral=True, allowed_mentions=render.NO_PINGS
         )
 
 
 class DeleteButton(_JobButton, template=r"imagine:delete:(?P<job_id>\d+)"):
-    action, label, emoji = "delete", "Delete", "🗑️"
+    action, emoji = "delete", "🗑️"
     style = discord.ButtonStyle.danger
 
     async def handle(self, interaction: discord.Interaction, bot: ImagineBot) -> None:
         job = await bot.service.jobs.get(self.job_id)
         allowed = interaction.permissions.manage_messages or (job is not None and job.user_id == interaction.user.id)
         if not allowed:
-            await interaction.response.send_message(render.NOT_ALLOWED_TO_DELETE, ephemeral=True)
+            text = render.NOT_ALLOWED_TO_DELETE.render(flow.locale_of(interaction))
+            await interaction.response.send_message(text, ephemeral=True)
             return
         await interaction.response.defer()  # for a button, the "original" is the message it sits on
         await interaction.delete_original_response()
@@ -96,10 +98,10 @@ class DeleteButton(_JobButton, template=r"imagine:delete:(?P<job_id>\d+)"):
 BUTTONS = (RerollButton, DetailsButton, DeleteButton)
 
 
-def result_view(job_id: int) -> discord.ui.View:
+def result_view(job_id: int, locale: str = i18n.DEFAULT) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     for button in BUTTONS:
-        view.add_item(button(job_id))
+        view.add_item(button(job_id, locale))
     return view
 
 

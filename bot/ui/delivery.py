@@ -23,6 +23,7 @@ import aiohttp
 import discord
 
 from bot.contracts import DeliveryError
+from bot.i18n import resolve, t
 from bot.imaging.download import DownloadedImage
 from bot.scheduler import QueuePosition
 from bot.storage.jobs import Job
@@ -32,7 +33,7 @@ log = logging.getLogger("imagine.delivery")
 
 # Discord answers these when an interaction token is no longer usable.
 _TOKEN_GONE_CODES = {50027, 10015, 10008, 10062}
-ViewFactory = Callable[[int], discord.ui.View]
+ViewFactory = Callable[[int, str], discord.ui.View]  # (job id, catalogue) -> the buttons
 
 
 @dataclass
@@ -62,40 +63,50 @@ class DiscordDelivery:
         self._replies: dict[int, _Reply] = {}
 
     # -- the service's Delivery protocol -----------------------------------------------------------
+    # The reply is read by the requester: their language. A post in the channel (once the token has
+    # expired) is read by the whole server: its language. Buttons are labelled in the message's language.
     async def queued(self, job: Job, position: QueuePosition) -> None:
-        self._status(job, render.queued_text(job, position))
+        self._status(job, render.queued_text(job, position, _reader(job)))
 
     async def started(self, job: Job) -> None:
-        self._status(job, render.generating_text(job))
+        self._status(job, render.generating_text(job, _reader(job)))
 
     async def deliver(self, job: Job, image: DownloadedImage) -> None:
         filename = render.image_filename(job, image.extension)
-        embed = render.result_embed(job, filename, self._utcnow())
+        now = self._utcnow()
 
         def attachment() -> discord.File:  # a File is consumed by one send
             return discord.File(io.BytesIO(image.data), filename=filename, description="generated image")
 
         async with self._final(job):
+            embed = render.result_embed(job, filename, now, _reader(job))
             if await self._edit_reply(
-                job, content=None, embed=embed, attachments=[attachment()], view=self._view_factory(job.id)
+                job,
+                content=None,
+                embed=embed,
+                attachments=[attachment()],
+                view=self._view_factory(job.id, _reader(job)),
             ):
                 return
+            server = _server(job)
             await self._post_in_channel(
                 job,
-                content=f"<@{job.user_id}> your image is ready.",
-                embed=embed,
+                content=t(server, "delivery.ready", user=job.user_id),
+                embed=render.result_embed(job, filename, now, server),
                 file=attachment(),
-                view=self._view_factory(job.id),
+                view=self._view_factory(job.id, server),
             )
 
     async def failed(self, job: Job, error: BaseException) -> None:
         if job.channel_id is None:
             return
-        text = render.failure_text(error, job)
         async with self._final(job):
+            text = render.failure_text(error, job, _reader(job))
             if await self._edit_reply(job, content=text, embed=None, attachments=[], view=None):
                 return
-            await self._post_in_channel(job, content=f"<@{job.user_id}> {text}")
+            await self._post_in_channel(
+                job, content=f"<@{job.user_id}> {render.failure_text(error, job, _server(job))}"
+            )
 
     async def moderation(self, channel_id: int, text: str) -> None:
         """A line in a guild's moderation log channel; it names people but pings nobody."""
@@ -196,6 +207,16 @@ class _FinalEdit:
             self._replies.pop(self._job_id, None)
         else:
             self._reply.final = False  # the service retries the delivery
+
+
+def _reader(job: Job) -> str:
+    """The requester's catalogue (their client's language, else the server's)."""
+    return resolve(job.locale, job.guild_locale)
+
+
+def _server(job: Job) -> str:
+    """The server's catalogue, for what its channel shows everyone."""
+    return resolve(None, job.guild_locale)
 
 
 def _delivery_error(exc: BaseException) -> DeliveryError:

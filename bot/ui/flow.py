@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import discord
 
+from bot import i18n
 from bot.contracts import ReplyHandle, Requester, Ticket
 from bot.requests import GenerationRequest
 from bot.service import GenerationService
@@ -32,7 +33,23 @@ def requester_of(interaction: discord.Interaction) -> Requester:
         channel_id=interaction.channel_id,
         user_id=interaction.user.id,
         role_ids=tuple(role.id for role in roles),
+        locale=_code(interaction.locale),
+        guild_locale=_code(interaction.guild_locale),
     )
+
+
+def _code(locale: discord.Locale | None) -> str | None:
+    return locale.value if locale is not None else None
+
+
+def locale_of(interaction: discord.Interaction) -> str:
+    """The catalogue for what this person reads: their client's language, else the server's, else English."""
+    return i18n.resolve(interaction.locale, interaction.guild_locale)
+
+
+def guild_locale_of(interaction: discord.Interaction) -> str:
+    """The catalogue for what the whole server reads (the moderation log): its preferred language."""
+    return i18n.resolve(None, interaction.guild_locale)
 
 
 async def acknowledge(interaction: discord.Interaction) -> int:

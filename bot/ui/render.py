@@ -11,8 +11,8 @@ from datetime import datetime
 import discord
 
 from bot import messages
-from bot.money import format_cny
-from bot.presets import STYLES, size_label
+from bot.i18n import DEFAULT, Number, Text, has, money, t
+from bot.presets import STYLES, couplet_lengths
 from bot.scheduler import QueuePosition
 from bot.storage.jobs import Job
 
@@ -21,12 +21,9 @@ NO_PINGS = discord.AllowedMentions.none()
 COLOUR = discord.Colour.from_rgb(255, 122, 69)
 FAILURE_COLOUR = discord.Colour.red()
 
-DM_ONLY_TEXT = (
-    "imagine-bot works inside servers: each server has its own queue and limits. "
-    "Use the commands in a channel of a server the bot is in."
-)
-NOT_ALLOWED_TO_DELETE = "Only the person who asked for this image, or someone with Manage Messages, can delete it."
-JOB_GONE = "This image's record is no longer available."
+DM_ONLY_TEXT = Text("reply.dm_only")
+NOT_ALLOWED_TO_DELETE = Text("reply.not_allowed_to_delete")
+JOB_GONE = Text("reply.job_gone")
 
 
 def requester_only(user_id: int) -> discord.AllowedMentions:
@@ -34,10 +31,19 @@ def requester_only(user_id: int) -> discord.AllowedMentions:
     return discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(user_id)], replied_user=False)
 
 
-def about(seconds: float) -> str:
+def size_label(value: str, locale: str = DEFAULT) -> str:
+    """A size as people read it ("1:1 square 1328×1328"); the value itself for sizes an operator added."""
+    return t(locale, f"size.{value}") if has(f"size.{value}") else value
+
+
+def style_label(name: str | None, locale: str = DEFAULT) -> str:
+    return t(locale, f"style.{name}") if name in STYLES else (name or "—")
+
+
+def about(seconds: float, locale: str = DEFAULT) -> str:
     if seconds < 60:
-        return f"about {max(5, round(seconds / 5) * 5)} s"
-    return f"about {round(seconds / 60)} min"
+        return t(locale, "time.about_seconds", seconds=max(5, round(seconds / 5) * 5))
+    return t(locale, "time.about_minutes", minutes=Number(round(seconds / 60)))
 
 
 def quote(text: str, limit: int = 300) -> str:
@@ -45,20 +51,34 @@ def quote(text: str, limit: int = 300) -> str:
     return "> " + short.replace("\n", " ")
 
 
-def queued_text(job: Job, position: QueuePosition) -> str:
-    place = f"#{position.guild_position} in this server, {about(position.eta_s)}"
-    return f"⏳ **Queued:** {place}.\n{quote(job.prompt)}"
+def couplet_warning(job: Job, locale: str = DEFAULT) -> str | None:
+    """A couplet whose two scrolls differ in length is made anyway, with a word about it."""
+    lengths = couplet_lengths(job.inputs) if job.command in ("couplet", "reroll") else None
+    if lengths is None:
+        return None
+    return t(locale, "status.couplet_lengths", left=lengths[0], right=lengths[1])
 
 
-def generating_text(job: Job) -> str:
-    return f"🎨 **Generating…** {size_label(job.size)}\n{quote(job.prompt)}"
+def _with_warning(text: str, job: Job, locale: str) -> str:
+    warning = couplet_warning(job, locale)
+    return f"{text}\n{warning}" if warning else text
 
 
-def failure_text(error: BaseException, job: Job | None = None) -> str:
-    text = f"❌ {messages.describe(error)}"
+def queued_text(job: Job, position: QueuePosition, locale: str = DEFAULT) -> str:
+    line = t(locale, "status.queued", position=position.guild_position, wait=about(position.eta_s, locale))
+    return _with_warning(f"{line}\n{quote(job.prompt)}", job, locale)
+
+
+def generating_text(job: Job, locale: str = DEFAULT) -> str:
+    line = t(locale, "status.generating", size=size_label(job.size, locale))
+    return _with_warning(f"{line}\n{quote(job.prompt)}", job, locale)
+
+
+def failure_text(error: BaseException, job: Job | None = None, locale: str = DEFAULT) -> str:
+    text = f"❌ {messages.describe(error, locale)}"
     request_id = getattr(error, "request_id", None)
     if request_id:
-        text += f"\nReference: `{request_id}`"
+        text += "\n" + t(locale, "status.reference", request_id=request_id)
     if job is not None:
         text += f"\n{quote(job.prompt, 200)}"
     return text
@@ -74,63 +94,81 @@ def _seconds_between(start: str | None, end: datetime) -> float | None:
     return max(0.0, (end - datetime.fromisoformat(start)).total_seconds())
 
 
-def result_embed(job: Job, filename: str, now: datetime) -> discord.Embed:
-    title = {"poster": "Poster", "couplet": "Couplet", "reroll": "Reroll"}.get(job.command, "Image")
-    embed = discord.Embed(title=title, description=job.prompt[:4000], colour=COLOUR)
+def result_embed(job: Job, filename: str, now: datetime, locale: str = DEFAULT) -> discord.Embed:
+    kind = job.command if job.command in ("poster", "couplet", "reroll") else "image"
+    embed = discord.Embed(title=t(locale, f"embed.title_{kind}"), description=job.prompt[:4000], colour=COLOUR)
     if job.revised_prompt:
-        embed.add_field(name="Revised prompt", value=job.revised_prompt[:1024], inline=False)
-    embed.add_field(name="Size", value=size_label(job.size))
-    embed.add_field(name="Style", value=STYLES[job.style].label if job.style in STYLES else (job.style or "—"))
-    embed.add_field(name="Cost", value=format_cny(job.upstream_fen))
+        embed.add_field(name=t(locale, "embed.revised_prompt"), value=job.revised_prompt[:1024], inline=False)
+    embed.add_field(name=t(locale, "embed.size"), value=size_label(job.size, locale))
+    embed.add_field(name=t(locale, "embed.style"), value=style_label(job.style, locale))
+    embed.add_field(name=t(locale, "embed.cost"), value=money(locale, job.upstream_fen))
     took = _seconds_between(job.queued_at, now)
     if took is not None:
-        embed.add_field(name="Time", value=f"{took:.1f} s")
+        embed.add_field(name=t(locale, "embed.time"), value=t(locale, "embed.seconds", seconds=f"{took:.1f}"))
     if job.cache_hit:
-        embed.add_field(
-            name="From cache", value="the same request was made before; Reroll for a new image", inline=False
-        )
+        embed.add_field(name=t(locale, "embed.from_cache"), value=t(locale, "embed.from_cache_value"), inline=False)
+    if warning := couplet_warning(job, locale):
+        embed.add_field(name=t(locale, "embed.note"), value=warning, inline=False)
     embed.set_image(url=f"attachment://{filename}")
     requester = f"<@{job.user_id}>" if job.user_id else job.requester
-    embed.set_footer(text=f"job {job.id}")
-    embed.add_field(name="Requested by", value=requester)
+    embed.set_footer(text=t(locale, "embed.footer_job", id=job.id))
+    embed.add_field(name=t(locale, "embed.requested_by"), value=requester)
     return embed
 
 
-def details_embed(job: Job) -> discord.Embed:
-    embed = discord.Embed(title=f"Details of job {job.id}", colour=COLOUR)
-    embed.add_field(name="Prompt", value=job.prompt[:1024], inline=False)
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _on_off(value: bool, locale: str) -> str:
+    return t(locale, "common.on" if value else "common.off")
+
+
+def details_embed(job: Job, locale: str = DEFAULT) -> discord.Embed:
+    embed = discord.Embed(title=t(locale, "details.title", id=job.id), colour=COLOUR)
+    # a prompt the bot built from fields (/poster, /couplet) is shown so people can learn to write their own
+    prompt_name = "details.prompt_built" if job.inputs else "details.prompt"
+    embed.add_field(name=t(locale, prompt_name), value=job.prompt[:1024], inline=False)
     if job.negative_prompt:
-        embed.add_field(name="Negative prompt", value=job.negative_prompt[:1024], inline=False)
+        embed.add_field(name=t(locale, "details.negative_prompt"), value=job.negative_prompt[:1024], inline=False)
     if job.revised_prompt:
-        embed.add_field(name="Revised prompt", value=job.revised_prompt[:1024], inline=False)
+        embed.add_field(name=t(locale, "embed.revised_prompt"), value=job.revised_prompt[:1024], inline=False)
     for name, value in job.inputs.items():
-        embed.add_field(name=name.replace("_", " ").capitalize(), value=str(value)[:1024])
-    embed.add_field(name="Command", value=f"/{job.command}")
-    embed.add_field(name="Style", value=job.style or "—")
-    embed.add_field(name="Size", value=size_label(job.size))
-    embed.add_field(name="Prompt extend", value="on" if job.prompt_extend else "off")
-    embed.add_field(name="Watermark", value="on" if job.watermark else "off")
-    embed.add_field(name="Model", value=job.model)
-    embed.add_field(name="State", value=job.state)
-    embed.add_field(name="Cost", value=format_cny(job.cost_fen))
-    embed.add_field(name="Request id", value=f"`{job.request_id}`" if job.request_id else "—", inline=False)
+        label = t(locale, f"field.{name}") if has(f"field.{name}") else name.replace("_", " ")
+        embed.add_field(name=_capitalised(label), value=str(value)[:1024])
+    embed.add_field(name=t(locale, "details.command"), value=f"/{job.command}")
+    embed.add_field(name=t(locale, "embed.style"), value=job.style or "—")
+    embed.add_field(name=t(locale, "embed.size"), value=size_label(job.size, locale))
+    embed.add_field(name=t(locale, "details.prompt_extend"), value=_on_off(job.prompt_extend, locale))
+    embed.add_field(name=t(locale, "details.watermark"), value=_on_off(job.watermark, locale))
+    embed.add_field(name=t(locale, "details.model"), value=job.model)
+    embed.add_field(name=t(locale, "details.state"), value=t(locale, f"state.{job.state}"))
+    embed.add_field(name=t(locale, "embed.cost"), value=money(locale, job.cost_fen))
+    request_id = f"`{job.request_id}`" if job.request_id else "—"
+    embed.add_field(name=t(locale, "details.request_id"), value=request_id, inline=False)
     if job.reroll_of:
-        embed.add_field(name="Reroll of", value=f"job {job.reroll_of}")
+        embed.add_field(name=t(locale, "details.reroll_of"), value=t(locale, "embed.footer_job", id=job.reroll_of))
     if job.error_message:
-        embed.add_field(name="Error", value=job.error_message[:1024], inline=False)
+        embed.add_field(name=t(locale, "details.error"), value=job.error_message[:1024], inline=False)
     return embed
 
 
 def queue_embed(
-    *, running: int, waiting: int, mine: list[QueuePosition], new_request_wait_s: float, queue_max: int
+    *,
+    running: int,
+    waiting: int,
+    mine: list[QueuePosition],
+    new_request_wait_s: float,
+    queue_max: int,
+    locale: str = DEFAULT,
 ) -> discord.Embed:
-    embed = discord.Embed(title="This server's queue", colour=COLOUR)
-    embed.add_field(name="Generating", value=str(running))
-    embed.add_field(name="Waiting", value=f"{waiting} / {queue_max}")
+    embed = discord.Embed(title=t(locale, "queue.title"), colour=COLOUR)
+    embed.add_field(name=t(locale, "queue.generating"), value=str(running))
+    embed.add_field(name=t(locale, "queue.waiting"), value=f"{waiting} / {queue_max}")
     if mine:
-        places = ", ".join(f"#{p.guild_position} ({about(p.eta_s)})" for p in mine)
-        embed.add_field(name="Your requests", value=places, inline=False)
+        places = ", ".join(f"#{p.guild_position} ({about(p.eta_s, locale)})" for p in mine)
+        embed.add_field(name=t(locale, "queue.yours"), value=places, inline=False)
     else:
-        embed.add_field(name="Your requests", value="none waiting", inline=False)
-    embed.add_field(name="A new request would start in", value=about(new_request_wait_s), inline=False)
+        embed.add_field(name=t(locale, "queue.yours"), value=t(locale, "queue.none_waiting"), inline=False)
+    embed.add_field(name=t(locale, "queue.new_request"), value=about(new_request_wait_s, locale), inline=False)
     return embed

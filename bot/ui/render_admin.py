@@ -1,95 +1,127 @@
-"""Embeds for /usage and the /imagine-admin commands (limits, rules, blocks, reports)."""
+"""Embeds for /usage and the /imagine-admin commands (limits, rules, blocks, reports), in the reader's locale."""
 
 from __future__ import annotations
+
+from datetime import datetime
 
 import discord
 
 from bot.gatekeeper import Usage
+from bot.i18n import DEFAULT, money, number, t
 from bot.limits import GuildPolicy, discord_time
 from bot.moderation import Rule
-from bot.money import format_cny
 from bot.storage.guilds import Block
 from bot.storage.reports import GuildReport
 from bot.ui.render import COLOUR
 
 
-def _count(used: int, limit: int | None) -> str:
-    return f"{used} of unlimited" if limit is None else f"{used} of {limit} ({max(0, limit - used)} left)"
+def _count(used: int, limit: int | None, locale: str) -> str:
+    if limit is None:
+        return t(locale, "usage.count_unlimited", used=number(locale, used))
+    left = number(locale, max(0, limit - used))
+    return t(locale, "usage.count", used=number(locale, used), limit=number(locale, limit), left=left)
 
 
-def _money(fen: int | None) -> str:
-    return "unlimited" if fen is None else format_cny(fen)
+def _money(fen: int | None, locale: str) -> str:
+    return t(locale, "common.unlimited") if fen is None else money(locale, fen)
 
 
-def _money_left(used: int, budget: int | None) -> str:
+def _money_left(used: int, budget: int | None, locale: str) -> str:
     if budget is None:
-        return f"{format_cny(used)} spent, no cap"
-    return f"{format_cny(max(0, budget - used))} left of {format_cny(budget)}"
+        return t(locale, "usage.spent_no_cap", spent=money(locale, used))
+    return t(locale, "usage.budget_left", left=money(locale, max(0, budget - used)), budget=money(locale, budget))
 
 
-def usage_embed(usage: Usage) -> discord.Embed:
+def usage_embed(usage: Usage, locale: str = DEFAULT) -> discord.Embed:
     day, month = discord_time(usage.periods.day_resets_at), discord_time(usage.periods.month_resets_at)
-    embed = discord.Embed(title="Your image usage", colour=COLOUR)
-    embed.add_field(name="Today", value=f"{_count(usage.today, usage.daily_limit)}\nresets {day}", inline=False)
+    embed = discord.Embed(title=t(locale, "usage.title"), colour=COLOUR)
+    today = _count(usage.today, usage.daily_limit, locale)
+    embed.add_field(name=t(locale, "usage.today"), value=t(locale, "usage.resets", count=today, when=day), inline=False)
+    this_month = _count(usage.month, usage.monthly_limit, locale)
     embed.add_field(
-        name="This month", value=f"{_count(usage.month, usage.monthly_limit)}\nresets {month}", inline=False
+        name=t(locale, "usage.this_month"), value=t(locale, "usage.resets", count=this_month, when=month), inline=False
     )
-    embed.add_field(name="Server budget today", value=_money_left(usage.guild_today_fen, usage.daily_budget_fen))
-    embed.add_field(name="Server budget this month", value=_money_left(usage.guild_month_fen, usage.monthly_budget_fen))
+    embed.add_field(
+        name=t(locale, "usage.budget_today"), value=_money_left(usage.guild_today_fen, usage.daily_budget_fen, locale)
+    )
+    embed.add_field(
+        name=t(locale, "usage.budget_month"),
+        value=_money_left(usage.guild_month_fen, usage.monthly_budget_fen, locale),
+    )
     return embed
 
 
-def limits_embed(policy: GuildPolicy) -> discord.Embed:
-    embed = discord.Embed(title="Limits in this server", colour=COLOUR)
-    daily = "unlimited" if policy.user_daily_limit is None else str(policy.user_daily_limit)
-    monthly = "unlimited" if policy.user_monthly_limit is None else str(policy.user_monthly_limit)
-    embed.add_field(name="Images per user", value=f"{daily} a day, {monthly} a month")
-    embed.add_field(name="Cooldown", value=f"{policy.cooldown_s} s")
+def _n(value: int | None, locale: str) -> str:
+    return t(locale, "common.unlimited") if value is None else number(locale, value)
+
+
+def limits_embed(policy: GuildPolicy, locale: str = DEFAULT) -> discord.Embed:
+    embed = discord.Embed(title=t(locale, "limits.title"), colour=COLOUR)
+    daily, monthly = _n(policy.user_daily_limit, locale), _n(policy.user_monthly_limit, locale)
     embed.add_field(
-        name="Budget",
-        value=f"{_money(policy.daily_budget_fen)} a day, {_money(policy.monthly_budget_fen)} a month",
+        name=t(locale, "limits.images"), value=t(locale, "limits.per_day_month", daily=daily, monthly=monthly)
     )
-    embed.add_field(name="Time zone", value=policy.timezone)
+    embed.add_field(name=t(locale, "limits.cooldown"), value=t(locale, "embed.seconds", seconds=policy.cooldown_s))
+    budget = t(
+        locale,
+        "limits.per_day_month",
+        daily=_money(policy.daily_budget_fen, locale),
+        monthly=_money(policy.monthly_budget_fen, locale),
+    )
+    embed.add_field(name=t(locale, "limits.budget"), value=budget)
+    embed.add_field(name=t(locale, "limits.timezone"), value=policy.timezone)
     roles = [
-        f"<@&{role}>: {_n(limit.daily)} a day, {_n(limit.monthly)} a month"
+        f"<@&{role}>: "
+        + t(locale, "limits.per_day_month", daily=_n(limit.daily, locale), monthly=_n(limit.monthly, locale))
         for role, limit in sorted(policy.role_limits.items())
     ]
-    embed.add_field(name="Role overrides (most generous wins)", value="\n".join(roles) or "none", inline=False)
-    channels = ", ".join(f"<#{c}>" for c in sorted(policy.allowed_channels)) or "every channel"
-    embed.add_field(name="Allowed channels", value=channels, inline=False)
-    embed.add_field(name="Moderation log", value=f"<#{policy.log_channel_id}>" if policy.log_channel_id else "off")
+    embed.add_field(name=t(locale, "limits.roles"), value="\n".join(roles) or t(locale, "common.none"), inline=False)
+    channels = ", ".join(f"<#{c}>" for c in sorted(policy.allowed_channels)) or t(locale, "admin.scope_every")
+    embed.add_field(name=t(locale, "limits.channels"), value=channels, inline=False)
+    log = f"<#{policy.log_channel_id}>" if policy.log_channel_id else t(locale, "common.off")
+    embed.add_field(name=t(locale, "limits.log"), value=log)
     return embed
 
 
-def _n(value: int | None) -> str:
-    return "unlimited" if value is None else str(value)
-
-
-def rules_embed(rules: list[Rule]) -> discord.Embed:
+def rules_embed(rules: list[Rule], locale: str = DEFAULT) -> discord.Embed:
     lines = [f"#{r.id} {r.kind} `{r.pattern}` — {r.reason}" for r in rules]
-    return discord.Embed(title="Prompt rules", description="\n".join(lines)[:4000] or "No rules.", colour=COLOUR)
+    description = "\n".join(lines)[:4000] or t(locale, "rules.none")
+    return discord.Embed(title=t(locale, "rules.title"), description=description, colour=COLOUR)
 
 
-def blocks_embed(blocks: list[Block]) -> discord.Embed:
-    lines = [f"<@{b.user_id}> until {b.expires_at or 'unblocked'}: {b.reason}" for b in blocks]
-    return discord.Embed(title="Blocked users", description="\n".join(lines)[:4000] or "Nobody.", colour=COLOUR)
+def blocks_embed(blocks: list[Block], locale: str = DEFAULT) -> discord.Embed:
+    lines = [
+        t(locale, "blocks.line", user=b.user_id, until=_until(b.expires_at, locale), reason=b.reason) for b in blocks
+    ]
+    description = "\n".join(lines)[:4000] or t(locale, "blocks.none")
+    return discord.Embed(title=t(locale, "blocks.title"), description=description, colour=COLOUR)
 
 
-def report_embed(report: GuildReport, days: int) -> discord.Embed:
-    embed = discord.Embed(title=f"Report: the last {days} day(s)", colour=COLOUR)
-    embed.add_field(name="Images", value=str(report.images))
-    embed.add_field(name="Spent", value=format_cny(report.cost_fen))
-    embed.add_field(name="Billed upstream", value=format_cny(report.upstream_fen))
-    embed.add_field(name="Failures", value=str(report.failures))
+def _until(expires_at: str | None, locale: str) -> str:
+    """A Discord timestamp (each reader sees it in their own language and zone); 'until unblocked' without one."""
+    if not expires_at:
+        return t(locale, "blocks.until_unblocked")
+    return discord_time(datetime.fromisoformat(expires_at), "f")
+
+
+def report_embed(report: GuildReport, days: int, locale: str = DEFAULT) -> discord.Embed:
+    embed = discord.Embed(title=t(locale, "report.title", days=number(locale, days)), colour=COLOUR)
+    embed.add_field(name=t(locale, "report.images"), value=number(locale, report.images))
+    embed.add_field(name=t(locale, "report.spent"), value=money(locale, report.cost_fen))
+    embed.add_field(name=t(locale, "report.billed"), value=money(locale, report.upstream_fen))
+    embed.add_field(name=t(locale, "report.failures"), value=number(locale, report.failures))
     top = [
-        f"<@{u.user_id}>: {u.images} image(s), {format_cny(u.cost_fen)}"
-        + (f", {u.failures} failed" if u.failures else "")
-        + (f", {u.content_refusals} refused by the provider" if u.content_refusals else "")
+        f"<@{u.user_id}>: "
+        + t(locale, "report.user_line", images=number(locale, u.images), spent=money(locale, u.cost_fen))
+        + (t(locale, "report.user_failed", failures=number(locale, u.failures)) if u.failures else "")
+        + (t(locale, "report.user_refused", refusals=number(locale, u.content_refusals)) if u.content_refusals else "")
         for u in report.top_users
     ]
-    embed.add_field(name="Top users", value="\n".join(top)[:1024] or "nobody", inline=False)
+    embed.add_field(
+        name=t(locale, "report.top_users"), value="\n".join(top)[:1024] or t(locale, "report.nobody"), inline=False
+    )
     refusals = ", ".join(f"{reason}: {n}" for reason, n in sorted(report.refusals.items()))
-    embed.add_field(name="Refused requests", value=refusals or "none", inline=False)
+    embed.add_field(name=t(locale, "report.refused"), value=refusals or t(locale, "common.none"), inline=False)
     failures = ", ".join(f"{code}: {n}" for code, n in sorted(report.failure_codes.items()))
-    embed.add_field(name="Failures by cause", value=failures or "none", inline=False)
+    embed.add_field(name=t(locale, "report.failure_causes"), value=failures or t(locale, "common.none"), inline=False)
     return embed

@@ -103,15 +103,14 @@ async def test_couplet_sends_the_couplet_prompt_at_three_by_four(harness: BotHar
         "left": "春回大地",
         "right": "福满人间",
         "horizontal": "万象更新",
-        "background": "red paper with gold flecks",
-        "font": "running script in black",
+        "background": "洒金红纸",
+        "font": "黑色行书",
     }
     sent = harness.slash("couplet", options)
     message = await harness.result(sent)
     [request] = harness.api.requests
-    assert request.json["prompt"] == (
-        "A Chinese couplet, left scroll '春回大地', right scroll '福满人间', horizontal scroll '万象更新', "
-        "background is red paper with gold flecks, font is running script in black"
+    assert request.json["prompt"] == (  # Chinese scrolls: the prompt is Chinese too (issue 11)
+        "一副中国春联，左侧竖联“春回大地”，右侧竖联“福满人间”，顶部横批“万象更新”，背景是洒金红纸，字体是黑色行书"
     )
     assert request.json["parameters"]["size"] == "1140*1472"
     assert png_size(message.attachments[0]["bytes"]) == (1140, 1472)
@@ -380,8 +379,10 @@ async def test_commands_are_synced_once_with_their_declared_options(harness: Bot
     for name in ("imagine", "poster", "couplet"):
         choices = [{"name": c["name"], "value": c["value"]} for c in options[name]["size"]["choices"]]
         assert choices == size_choices
-    assert [c["value"] for c in options["poster"]["style"]["choices"]] == ["precise", "poster", "text-poster"]
-    assert [c["value"] for c in options["imagine"]["style"]["choices"]] == list(presets.STYLES)
+    for name in ("imagine", "poster"):  # styles are offered by autocomplete, with a description each
+        assert options[name]["style"]["autocomplete"] and "choices" not in options[name]["style"]
+    assert options["imagine"]["negative_prompt"]["autocomplete"]
+    assert [c["value"] for c in options["poster"]["language"]["choices"]] == ["zh", "en"]
     assert options["imagine"]["prompt"]["max_length"] == 800 and options["imagine"]["prompt"]["required"]
     assert options["imagine"]["negative_prompt"]["max_length"] == 500
     assert set(options["couplet"]) == {"left", "right", "horizontal", "background", "font", "size"}
