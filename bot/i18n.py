@@ -29,8 +29,9 @@ from babel.messages.pofile import read_po
 DEFAULT = "en"
 #: the catalogues shipped, by Babel locale name (their folder under bot/locales/)
 LOCALES = ("en", "zh_Hans", "zh_Hant")
-#: Discord's locale codes that have a catalogue; every other one falls back to English
-_DISCORD = {"zh-CN": "zh_Hans", "zh-TW": "zh_Hant"}
+#: Discord's locale codes that have a catalogue (English included: an English client in a Chinese
+#: server reads English); any other code counts as unset
+_DISCORD = {"en-US": "en", "en-GB": "en", "zh-CN": "zh_Hans", "zh-TW": "zh_Hant"}
 #: the territory whose CLDR conventions format numbers and dates for each catalogue
 _CLDR = {"en": "en", "zh_Hans": "zh_Hans_CN", "zh_Hant": "zh_Hant_TW"}
 #: joins a list of names ("a, b" / "甲、乙"): CLDR's list patterns put "and" in, which our sentences do not want
@@ -49,7 +50,7 @@ def catalogue(locale: str) -> Mapping[str, str]:
 def resolve(interaction_locale: object = None, guild_locale: object = None) -> str:
     """The catalogue for a reader: the interaction's locale, else the server's, else English.
 
-    Takes Discord's codes ("zh-CN", or a `discord.Locale`, whose str() is the code). A locale
+    Takes Discord's codes ("zh-CN", or a `discord.Locale`, whose value is the code). A locale
     without a catalogue counts as unset, so a server's Chinese still wins over a reader's French.
     """
     for code in (interaction_locale, guild_locale):
@@ -57,11 +58,6 @@ def resolve(interaction_locale: object = None, guild_locale: object = None) -> s
         if found:
             return found
     return DEFAULT
-
-
-def discord_locale(locale: str) -> str | None:
-    """The catalogue's Discord code, for storing with a job ("zh-CN"); None for English."""
-    return next((code for code, name in _DISCORD.items() if name == locale), None)
 
 
 # --- values formatted for the reader ------------------------------------------------------------

@@ -154,7 +154,8 @@ class Admin(commands.Cog):
     @admin.command(name="blocks", description="Who is blocked, why, and until when")
     async def blocks(self, interaction: discord.Interaction) -> None:
         blocks = await self._admin.blocks(interaction.guild_id)
-        await _answer(interaction, embed=render_admin.blocks_embed(blocks, flow.locale_of(interaction)))
+        timezone = (await self._admin.policy(interaction.guild_id)).timezone
+        await _answer(interaction, embed=render_admin.blocks_embed(blocks, flow.locale_of(interaction), timezone))
 
     # -- prompt rules ---------------------------------------------------------------------------
     @rules.command(name="add", description="Refuse prompts containing a word or matching a pattern")
@@ -252,7 +253,9 @@ class Admin(commands.Cog):
     @app_commands.describe(days="How many days back (default 7)")
     async def report(self, interaction: discord.Interaction, days: Range[int, 1, 366] = 7) -> None:
         report = await self._admin.report(interaction.guild_id, days)
-        await _answer(interaction, embed=render_admin.report_embed(report, days, flow.locale_of(interaction)))
+        timezone = (await self._admin.policy(interaction.guild_id)).timezone
+        embed = render_admin.report_embed(report, days, flow.locale_of(interaction), timezone)
+        await _answer(interaction, embed=embed)
 
     @admin.command(name="export", description="This server's ledger as a CSV file")
     @app_commands.describe(days="How many days back (default 30)")

@@ -7,7 +7,7 @@ from datetime import datetime
 import discord
 
 from bot.gatekeeper import Usage
-from bot.i18n import DEFAULT, money, number, t
+from bot.i18n import DEFAULT, money, number, t, when
 from bot.limits import GuildPolicy, discord_time
 from bot.moderation import Rule
 from bot.storage.guilds import Block
@@ -89,23 +89,26 @@ def rules_embed(rules: list[Rule], locale: str = DEFAULT) -> discord.Embed:
     return discord.Embed(title=t(locale, "rules.title"), description=description, colour=COLOUR)
 
 
-def blocks_embed(blocks: list[Block], locale: str = DEFAULT) -> discord.Embed:
+def blocks_embed(blocks: list[Block], locale: str = DEFAULT, timezone: str = "UTC") -> discord.Embed:
     lines = [
-        t(locale, "blocks.line", user=b.user_id, until=_until(b.expires_at, locale), reason=b.reason) for b in blocks
+        t(locale, "blocks.line", user=b.user_id, until=_until(b.expires_at, locale, timezone), reason=b.reason)
+        for b in blocks
     ]
     description = "\n".join(lines)[:4000] or t(locale, "blocks.none")
     return discord.Embed(title=t(locale, "blocks.title"), description=description, colour=COLOUR)
 
 
-def _until(expires_at: str | None, locale: str) -> str:
-    """A Discord timestamp (each reader sees it in their own language and zone); 'until unblocked' without one."""
+def _until(expires_at: str | None, locale: str, timezone: str) -> str:
+    """When a block ends, written the reader's way in the server's time zone (the zone its days follow)."""
     if not expires_at:
         return t(locale, "blocks.until_unblocked")
-    return discord_time(datetime.fromisoformat(expires_at), "f")
+    return when(locale, datetime.fromisoformat(expires_at), timezone)
 
 
-def report_embed(report: GuildReport, days: int, locale: str = DEFAULT) -> discord.Embed:
+def report_embed(report: GuildReport, days: int, locale: str = DEFAULT, timezone: str = "UTC") -> discord.Embed:
     embed = discord.Embed(title=t(locale, "report.title", days=number(locale, days)), colour=COLOUR)
+    since, until = (when(locale, datetime.fromisoformat(moment), timezone) for moment in (report.since, report.until))
+    embed.add_field(name=t(locale, "report.period"), value=f"{since} – {until}", inline=False)
     embed.add_field(name=t(locale, "report.images"), value=number(locale, report.images))
     embed.add_field(name=t(locale, "report.spent"), value=money(locale, report.cost_fen))
     embed.add_field(name=t(locale, "report.billed"), value=money(locale, report.upstream_fen))

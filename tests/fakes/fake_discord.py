@@ -191,6 +191,11 @@ class FakeDiscord(RestRoutes, GatewayMixin, ControlRoutes):
             self._push_event("GUILD_CREATE", guild_create_payload(guild, self._bot_user, time.time()))
         return guild
 
+    def set_guild_locale(self, guild_id: int, locale: str) -> None:
+        """The server's preferred language (Server Settings > Community), seen in later interactions."""
+        with self._lock:
+            self._guilds[guild_id].preferred_locale = locale
+
     @property
     def guilds(self) -> list[FakeGuild]:
         with self._lock:
@@ -290,6 +295,45 @@ class FakeDiscord(RestRoutes, GatewayMixin, ControlRoutes):
             resolved=resolved,
             command_guild_id=None,
         )
+        self._push_event("INTERACTION_CREATE", sent.payload)
+        return sent
+
+    def send_autocomplete(
+        self,
+        name: str,
+        options: dict[str, Any],
+        focused: str,
+        *,
+        guild_id: int | None = None,
+        channel_id: int | None = None,
+        user_id: int | None = None,
+        locale: str = "en-US",
+    ) -> SentInteraction:
+        """Push an APPLICATION_COMMAND_AUTOCOMPLETE (type 4) while the user types option ``focused``:
+        ``options`` are what is filled in so far (all strings here). The bot answers with callback 8,
+        whose choices ``callback_payloads`` returns."""
+        opts = [
+            {"name": n, "type": 3, "value": v, **({"focused": True} if n == focused else {})}
+            for n, v in options.items()
+        ]
+        with self._lock:
+            gid = guild_id if guild_id is not None else self.guild_id
+            synced = [c for c in self._commands.get(None, []) if c["name"] == name]
+            cmd_id = int(synced[0]["id"]) if synced else self._made_up_command_ids.setdefault(name, self._ids())
+            data = {"id": str(cmd_id), "name": name, "type": 1, "options": opts}
+            sent = self._prepare_interaction(
+                4,
+                data,
+                name,
+                guild_id=gid,
+                channel_id=channel_id,
+                user_id=user_id,
+                username=None,
+                roles=(),
+                permissions=None,
+                locale=locale,
+                message=None,
+            )
         self._push_event("INTERACTION_CREATE", sent.payload)
         return sent
 
@@ -442,8 +486,8 @@ class FakeDiscord(RestRoutes, GatewayMixin, ControlRoutes):
                 perms = permissions or DEFAULT_PERMISSIONS
                 payload.update(
                     guild_id=str(guild_id),
-                    guild={"id": str(guild_id), "locale": "en-US", "features": []},
-                    guild_locale="en-US",
+                    guild={"id": str(guild_id), "locale": guild.preferred_locale, "features": []},
+                    guild_locale=guild.preferred_locale,
                     channel_id=str(channel_id),
                     channel={**guild_channel_payload(guild, channel_id), "permissions": perms},
                     member=member_payload(user, roles, perms, time.time() - 86400),

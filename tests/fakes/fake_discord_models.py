@@ -111,6 +111,7 @@ class FakeGuild:
     roles: list[int | dict[str, Any]] = field(default_factory=list)  # ids (named role-<id>) or payloads
     owner_id: int | None = None
     channel_names: dict[int, str] = field(default_factory=dict)
+    preferred_locale: str = "en-US"  # the server's language: interactions carry it as guild_locale
 
     def __post_init__(self) -> None:
         self.id = self.id or new_snowflake()
@@ -299,7 +300,7 @@ def guild_create_payload(guild: FakeGuild, bot_user: dict[str, Any], joined: flo
         "nsfw_level": 0,
         "premium_tier": 0,
         "premium_subscription_count": 0,
-        "preferred_locale": "en-US",
+        "preferred_locale": guild.preferred_locale,
         "system_channel_id": None,
         "system_channel_flags": 0,
         "rules_channel_id": None,
