@@ -53,7 +53,10 @@ class Imagine(commands.Cog):
 
     async def _negative_prompts(self, interaction: discord.Interaction, current: str) -> list[Choice[str]]:
         recent = await self.bot.service.jobs.recent_negative_prompts(
-            str(interaction.user.id), exclude=suggest.STYLE_NEGATIVES
+            str(interaction.user.id),
+            exclude=suggest.STYLE_NEGATIVES,
+            max_chars=suggest.MAX_CHARS,
+            limit=suggest.MAX_CHOICES,
         )
         return suggest.negative_prompts(current, flow.locale_of(interaction), recent)
 

@@ -193,18 +193,19 @@ class JobStore:
         return True
 
     async def recent_negative_prompts(
-        self, requester: str, *, exclude: Sequence[str] = (), limit: int = 20
+        self, requester: str, *, exclude: Sequence[str] = (), max_chars: int = 100, limit: int = 25
     ) -> list[str]:
-        """A requester's own negative prompts, most recently used first, each once (for autocomplete);
-        `exclude`: values not to repeat (the styles' defaults, which the user did not write)."""
+        """A requester's own negative prompts of at most `max_chars` characters, most recently used
+        first, each once (for autocomplete); `exclude`: values not to repeat (the styles' defaults,
+        which the user did not write). Ids break ties between jobs queued in the same millisecond."""
         others = "".join(" AND negative_prompt <> ?" for _ in exclude)
         rows = await self._store.fetch_all(
             f"""
             SELECT negative_prompt FROM jobs
-            WHERE requester = ? AND negative_prompt <> ''{others}
-            GROUP BY negative_prompt ORDER BY MAX(queued_at) DESC LIMIT ?
+            WHERE requester = ? AND negative_prompt <> '' AND LENGTH(negative_prompt) <= ?{others}
+            GROUP BY negative_prompt ORDER BY MAX(queued_at) DESC, MAX(id) DESC LIMIT ?
             """,
-            (requester, *exclude, limit),
+            (requester, max_chars, *exclude, limit),
         )
         return [row[0] for row in rows]
 

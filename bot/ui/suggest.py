@@ -48,7 +48,7 @@ def negative_prompts(current: str, locale: str = DEFAULT, recent: Iterable[str] 
     for subject, value in NEGATIVE_SETS.items():
         label = t(locale, f"negative.{subject}")
         if _matches(current, label, value):
-            choices.append(Choice(name=_name(f"{label}: {value}"), value=value))
+            choices.append(Choice(name=_name(t(locale, "negative.set", subject=label, value=value)), value=value))
             seen.add(value)
     for value in recent:
         if value not in seen and len(value) <= MAX_CHARS and _matches(current, value):
