@@ -170,7 +170,7 @@ class ImageClient:
                 )
             stamp.sent()  # a no-op once traced; a late (so cautious) stamp for transports that do not trace
         except _NEVER_SENT as exc:
-            raise ServerError(f"could not reach the image API ({type(exc).__name__})") from None
+            raise ServerError(f"could not reach the image API ({_network_error(exc)})") from None
         except (httpx.TimeoutException, TimeoutError):
             raise Timeout(f"the image API did not answer within {self._timeout_s:g} s") from None
         except httpx.HTTPError as exc:
@@ -178,6 +178,12 @@ class ImageClient:
             # billed), so this is not retried.
             raise ServerError(f"connection lost after sending ({type(exc).__name__})", retryable=False) from None
         return parse_response(response)
+
+
+def _network_error(exc: Exception) -> str:
+    """`ConnectError: All connection attempts failed`: the class and what the OS said (no URL, no header)."""
+    detail = _clean(str(exc), limit=200)
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
 def parse_response(response: httpx.Response) -> ImageResponse:

@@ -219,6 +219,8 @@ async def test_connection_refused_is_retried_because_nothing_was_sent(http) -> N
         await client.generate(REQUEST)
     assert caught.value.retryable is True
     assert len(sleep.delays) == 2
+    # what the OS said, for an operator (imagine-bot doctor prints it); never the URL's secrets or headers
+    assert caught.value.message == "could not reach the image API (ConnectError: All connection attempts failed)"
 
 
 async def test_every_attempt_passes_the_gate(http, fake_api: FakeImageApi) -> None:
