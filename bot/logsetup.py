@@ -58,6 +58,8 @@ def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> Secre
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request is noise
-    # At DEBUG discord.py dumps every gateway event, interaction tokens included: never below INFO.
-    logging.getLogger("discord.gateway").setLevel(max(root.level, logging.INFO))
+    # At DEBUG discord.py dumps every gateway event, and aiosqlite every statement with its
+    # parameters, interaction tokens included (a job row holds one): neither below INFO.
+    for chatty in ("discord.gateway", "aiosqlite"):
+        logging.getLogger(chatty).setLevel(max(root.level, logging.INFO))
     return scrubber
