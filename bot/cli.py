@@ -83,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imagine-bot: {exc.message}", file=sys.stderr)
         return 2
     secrets = [s.get_secret_value() for s in (settings.nebula_api_key, settings.discord_token) if s is not None]
-    configure_logging(settings.log_level if command in ("run", "sync") else "WARNING", secrets)
+    configure_logging(
+        settings.log_level if command in ("run", "sync") else "WARNING", secrets, log_format=settings.log_format
+    )
     try:
         if command == "run":
             from bot.app import serve

@@ -13,6 +13,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aiosqlite
@@ -183,6 +184,10 @@ class JobStore:
                     raise CooldownActive(blocking, cooldown.cooldown_ms)
             await apply_charges(db, charges)
         return True
+
+    def now(self) -> datetime:
+        """The store's clock (UTC), the one every timestamp of a job is written with."""
+        return self._store.clock()
 
     async def get(self, job_id: int) -> Job | None:
         row = await self._store.fetch_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
