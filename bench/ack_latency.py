@@ -6,8 +6,8 @@ position updates all work during the burst). Measured: from just before the inte
 pushed to the moment the fake Discord records the bot's first answer (the deferred "thinking"
 message, or a private refusal), on the fake's clock.
 
-Three phases, each with fresh fakes:
-- the baseline: a bare discord.py bot whose /imagine only defers;
+Three phases, each with fresh fakes and the bot in a process of its own:
+- the baseline: a bare discord.py bot whose /imagine only defers (bench/bare_bot.py);
 - imagine-bot, every request accepted (a public defer);
 - imagine-bot, a mixed burst at the same rate and count: accepted, refused by a limit and
   refused by a prompt rule, interleaved (a third each). Admission decides before the
@@ -28,16 +28,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import discord
-import yarl
-from discord.ext import commands
-
-from bench.harness import bench_settings, http, start
+from bench.harness import ROOT, bench_settings, bot_process, http, start, stop
+from bot.config import Settings
 
 EPHEMERAL, LOADING = 64, 128
 DEADLINE_S = 3.0  # Discord's: an interaction not acknowledged by then is dead
@@ -70,19 +70,6 @@ class Push:
 class Sample:
     kind: str
     seconds: float  # inf: no answer at all
-
-
-class BareBot(commands.Bot):
-    """The baseline: the same client and intents, a command that only defers."""
-
-    def __init__(self) -> None:
-        intents = discord.Intents.none()
-        intents.guilds = True
-        super().__init__(command_prefix=commands.when_mentioned, intents=intents, guild_ready_timeout=0.05)
-
-        @self.tree.command(name="imagine", description="defer only")
-        async def imagine(interaction: discord.Interaction, prompt: str) -> None:
-            await interaction.response.defer(thinking=True)
 
 
 def accepted_burst(requests: int) -> list[Push]:
@@ -139,27 +126,16 @@ def wrong_answer(push: Push, answers: list[dict]) -> str | None:
     return None
 
 
-async def measure(bot: commands.Bot, control: str, pushes: list[Push], rate: float) -> list[Sample]:
-    runner = asyncio.create_task(bot.start("fake-bot-token"))
-    try:
-        ready_by = time.monotonic() + 30
-        while not bot.is_ready():
-            if runner.done():
-                raise RuntimeError("the bot stopped before it was ready") from runner.exception()
-            if time.monotonic() > ready_by:
-                raise TimeoutError("the bot was not ready within 30 s")
-            await asyncio.sleep(0.01)
-        pushed = await asyncio.to_thread(push_burst, control, pushes, rate)  # off the bot's loop
-        answers: dict[str, list[dict]] = {}
-        deadline = time.monotonic() + 60
-        while len(answers) < len(pushed) and time.monotonic() < deadline:
-            answers = await asyncio.to_thread(read_answers, control, pushed)
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.3)  # a second message to a refused interaction would show up by now
+async def measure(control: str, pushes: list[Push], rate: float) -> list[Sample]:
+    """Push the burst at the running bot and read every answer back from the fake Discord."""
+    pushed = await asyncio.to_thread(push_burst, control, pushes, rate)
+    answers: dict[str, list[dict]] = {}
+    deadline = time.monotonic() + 60
+    while len(answers) < len(pushed) and time.monotonic() < deadline:
         answers = await asyncio.to_thread(read_answers, control, pushed)
-    finally:
-        await bot.close()
-        await asyncio.gather(runner, return_exceptions=True)
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)  # a second message to a refused interaction would show up by now
+    answers = await asyncio.to_thread(read_answers, control, pushed)
     wrong = [
         f"  {push.kind} user {push.user_id} prompt {push.prompt!r}: {why}"
         for key, (_, push) in pushed.items()
@@ -182,48 +158,78 @@ def read_answers(control: str, pushed: dict[str, tuple[float, Push]]) -> dict[st
     return found
 
 
-MakeBot = Callable[[str, str], Awaitable[commands.Bot]]
+@dataclass(frozen=True, slots=True)
+class Fakes:
+    control: str
+    api_base: str
+    gateway: str
+    image_base: str
+
+
+MakeBot = Callable[[Fakes], Awaitable[AbstractContextManager[object]]]
 
 
 async def phase(make_bot: MakeBot, pushes: list[Push], rate: float) -> list[Sample]:
+    """Fresh fakes, the bot (its own process) started by `make_bot`, one burst."""
     discord_proc, (api_base, gateway) = start("tests.fakes.fake_discord", marker="FAKE_DISCORD")
     image_proc, (image_base,) = start("tests.fakes.image_api", "--latency", "5", marker="FAKE_IMAGE_API")
-    discord.http.Route.BASE = api_base
-    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway)
-    control = api_base.split("/api/")[0] + "/_control"
+    fakes = Fakes(api_base.split("/api/")[0] + "/_control", api_base, gateway, image_base)
     try:
-        return await measure(await make_bot(image_base, control), control, pushes, rate)
+        with await make_bot(fakes):
+            return await measure(fakes.control, pushes, rate)
     finally:
         for process in (discord_proc, image_proc):
             process.terminate()
             process.wait()
 
 
-async def bare_bot(image_base: str, control: str) -> commands.Bot:
-    return BareBot()
+@contextmanager
+def bare_process(fakes: Fakes) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.bare_bot", fakes.api_base, fakes.gateway],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not http("GET", fakes.control + "/state")["ready"]:  # type: ignore[index]
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the bare bot did not connect")
+            time.sleep(0.05)
+        time.sleep(0.5)  # its guild_ready_timeout is 0.05 s
+        yield process
+    finally:
+        stop(process)
 
 
-async def imagine_bot(image_base: str, control: str) -> commands.Bot:
-    from bot.app import ImagineBot
+async def bare_bot(fakes: Fakes) -> AbstractContextManager[object]:
+    return bare_process(fakes)
 
-    settings = bench_settings(image_base, **ROOM)
-    return ImagineBot(settings, guild_ready_timeout=0.05)
+
+def _settings(fakes: Fakes, **overrides: object) -> Settings:
+    return bench_settings(
+        fakes.image_base, discord_api_base=fakes.api_base, discord_gateway_url=fakes.gateway, **ROOM, **overrides
+    )
+
+
+async def imagine_bot(fakes: Fakes) -> AbstractContextManager[object]:
+    return bot_process(_settings(fakes), fakes.control)
 
 
 def mixed_imagine_bot(limited_users: list[int]) -> MakeBot:
     """imagine-bot with a daily limit of 1 image, the limited users' image for today already used, and
     a word rule in the fake's guild; all written through the project's store before the bot starts."""
 
-    async def make(image_base: str, control: str) -> commands.Bot:
-        from bot.app import ImagineBot
+    async def make(fakes: Fakes) -> AbstractContextManager[object]:
         from bot.limits import periods
         from bot.storage.db import SqliteStore
         from bot.storage.guilds import GuildStore
         from bot.storage.quotas import Charge, apply_charges
 
-        state = await asyncio.to_thread(http, "GET", control + "/state")
+        state = await asyncio.to_thread(http, "GET", fakes.control + "/state")
         guild_id = int(state["guilds"][0]["id"])  # type: ignore[index]  # the guild /slash uses by default
-        settings = bench_settings(image_base, **ROOM, user_daily_limit=1)
+        settings = _settings(fakes, user_daily_limit=1)
         day = periods(datetime.now(UTC), settings.default_timezone).day
         store = await SqliteStore.open(settings.database_path)
         try:
@@ -232,7 +238,7 @@ def mixed_imagine_bot(limited_users: list[int]) -> MakeBot:
                 await apply_charges(db, [Charge("user_day", f"{guild_id}:{user}", day, 1) for user in limited_users])
         finally:
             await store.close()
-        return ImagineBot(settings, guild_ready_timeout=0.05)
+        return bot_process(settings, fakes.control)
 
     return make
 

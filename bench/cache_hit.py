@@ -1,10 +1,10 @@
 """Benchmark: a cache hit against a miss, end to end through the fake Discord.
 
-The fakes run in processes of their own (a fake inside the bot's event loop would slow down
-with the bot and hide its cost); the bot runs here, as in production. For each request the
-time is measured from just before the interaction is pushed to the moment the fake Discord
-records the edit that carries the image (its own clock, the same machine's), so the polling
-of this script does not count.
+The bot, the fake Discord and the fake image API each run in a process of their own, as in
+production (a fake inside the bot's event loop would slow down with the bot and hide its cost).
+For each request the time is measured from just before the interaction is pushed to the moment
+the fake Discord records the edit that carries the image (its own clock, the same machine's),
+so the polling of this script does not count.
 
 Baseline in the same run: misses (a new prompt each time: the upstream is called, the image is
 downloaded, stored and delivered) with the fake upstream at its default latency (0 s), and
@@ -22,10 +22,7 @@ import os
 import statistics
 import time
 
-import discord
-import yarl
-
-from bench.harness import bench_settings, http, start
+from bench.harness import bench_settings, bot_process, http, start
 
 
 async def one_request(control: str, prompt: str, user_id: int) -> float:
@@ -53,25 +50,14 @@ def row(name: str, samples: list[float]) -> str:
 
 async def phase(latency: float, batches: list[list[tuple[str, int]]]) -> list[list[float]]:
     """A fresh fake Discord, fake upstream (at `latency`) and bot; the batches run one request at a time."""
-    from bot.app import ImagineBot
-
     discord_proc, (api_base, gateway) = start("tests.fakes.fake_discord", marker="FAKE_DISCORD")
     image_proc, (image_base,) = start("tests.fakes.image_api", "--latency", str(latency), marker="FAKE_IMAGE_API")
     control = api_base.split("/api/")[0] + "/_control"
-    discord.http.Route.BASE = api_base
-    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway)
-    settings = bench_settings(image_base, upstream_rpm=6000)
-    bot = ImagineBot(settings, guild_ready_timeout=0.05)
-    runner = asyncio.create_task(bot.start("fake-bot-token"))
+    settings = bench_settings(image_base, discord_api_base=api_base, discord_gateway_url=gateway, upstream_rpm=6000)
     try:
-        for _ in range(1000):
-            if bot.is_ready():
-                break
-            await asyncio.sleep(0.01)
-        return [[await one_request(control, prompt, user) for prompt, user in batch] for batch in batches]
+        with bot_process(settings, control):
+            return [[await one_request(control, prompt, user) for prompt, user in batch] for batch in batches]
     finally:
-        await bot.close()
-        await asyncio.gather(runner, return_exceptions=True)
         for process in (discord_proc, image_proc):
             process.terminate()
             process.wait()

@@ -7,7 +7,10 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +126,21 @@ def start_bot_in(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+
+@contextmanager
+def bot_process(settings: Settings, control: str, log_path: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m bot run` against the fake Discord at `control`, ready to answer once this yields
+    (connected, READY, and past discord.py's 2 s wait for the guilds); stopped on the way out."""
+    log_path = log_path or settings.database_path.parent / "bot.log"
+    bot = start_bot(settings, log_path)
+    try:
+        deadline = time.monotonic() + 60
+        while not http("GET", control + "/state")["ready"]:  # type: ignore[index]
+            if bot.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the bot did not connect; see {log_path}")
+            time.sleep(0.1)
+        time.sleep(2.5)  # discord.py waits guild_ready_timeout (2 s) after the last GUILD_CREATE
+        yield bot
+    finally:
+        stop(bot)

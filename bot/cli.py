@@ -1,4 +1,5 @@
-"""`imagine-bot` (and `python -m bot`): run the bot, generate from the terminal, read the ledger.
+"""`imagine-bot` (and `python -m bot`): run the bot, generate from the terminal, read the ledger,
+check an installation (`doctor`, bot/doctor/).
 
 Exit codes of `generate`: 0 ok, 2 invalid input (nothing sent), 3 refused by the provider
 (400/401/403/content), 4 failed after retries (429/5xx/network/malformed), 1 anything else
@@ -51,6 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
     cache = commands.add_parser("cache", help="the result cache: stats, prune (expired and over the cap), clear")
     cache.add_argument("action", choices=["stats", "prune", "clear"])
 
+    doctor = commands.add_parser(
+        "doctor",
+        help="check settings, store, image API key (free), Discord token and permissions; exit 0 when all is well",
+        description="Checks the settings, the store (opens, migrates, writes), the cache directory, that the"
+        " gateway answers and accepts NEBULA_API_KEY (free: a request with an invalid size, refused with 400"
+        " before any charge; a bad key gets 401), that DISCORD_TOKEN logs in, and the bot's permissions in"
+        " each server. One line per check (OK, FAIL with how to fix it, WARN, SKIP), then a summary."
+        " Exit code 0 when nothing failed, 1 otherwise.",
+    )
+    doctor.add_argument(
+        "--paid",
+        action="store_true",
+        help="also make one real image end to end (charged, e.g. ¥0.18, and recorded in the ledger as 'doctor')",
+    )
+
     limits = commands.add_parser("limits", help="show a server's effective limits, budgets and moderation settings")
     limits.add_argument("--guild", type=int, metavar="ID", required=True, help="the server (guild) id")
     return parser
@@ -59,13 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or "run"
+    if command == "doctor":  # loads the settings itself: an invalid one is a finding, not a stop
+        return _doctor(args)
     try:
         settings = load_settings()
     except ConfigError as exc:
         print(f"imagine-bot: {exc.message}", file=sys.stderr)
         return 2
     secrets = [s.get_secret_value() for s in (settings.nebula_api_key, settings.discord_token) if s is not None]
-    configure_logging(settings.log_level if command in ("run", "sync") else "WARNING", secrets)
+    configure_logging(
+        settings.log_level if command in ("run", "sync") else "WARNING", secrets, log_format=settings.log_format
+    )
     try:
         if command == "run":
             from bot.app import serve
@@ -89,6 +109,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     raise AssertionError(f"unhandled command {command}")
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from bot.doctor import run_doctor  # keeps `--help` and `usage` light
+
+    configure_logging("WARNING")  # until the settings name the secrets to scrub (run_doctor adds them)
+    try:
+        return asyncio.run(run_doctor(paid=args.paid))
+    except KeyboardInterrupt:
+        return 130
 
 
 async def _generate(settings: Settings, args: argparse.Namespace) -> int:

@@ -17,18 +17,20 @@ from bot.errors import ImagineError
 from bot.imaging.download import DownloadedImage
 from bot.pipeline import Pipeline
 from bot.presets import size_label
-from bot.requests import RequestBuilder
+from bot.requests import GenerationRequest, RequestBuilder
 from bot.scheduler import QueuePosition
 from bot.storage.jobs import Job
 from bot.storage.reports import fen_to_cny
 
 
 class FileDelivery:
-    """The CLI's `Delivery`: progress on stderr, the image into a file."""
+    """The CLI's `Delivery`: progress on stderr, the image into a file (`output`, or
+    `<name_prefix>-<job id>.<ext>` in the working directory)."""
 
-    def __init__(self, output: Path | None, progress: Progress) -> None:
+    def __init__(self, output: Path | None, progress: Progress, name_prefix: str = "imagine") -> None:
         self._output = output
         self._progress = progress
+        self._name_prefix = name_prefix
         self.written: Path | None = None
         self.written_bytes = 0
         self.error: BaseException | None = None
@@ -40,7 +42,7 @@ class FileDelivery:
         self._progress.status("generating")
 
     async def deliver(self, job: Job, image: DownloadedImage) -> None:
-        path = self._output or Path(f"imagine-{job.id}.{image.extension}")
+        path = self._output or Path(f"{self._name_prefix}-{job.id}.{image.extension}")
         await asyncio.to_thread(_write_file, path, image.data)
         self.written = path
         self.written_bytes = len(image.data)
@@ -89,6 +91,36 @@ class Progress:
             await asyncio.sleep(0.1)
 
 
+async def generate_to_file(
+    settings: Settings,
+    request: GenerationRequest,
+    who: Requester,
+    *,
+    output: Path | None = None,
+    name_prefix: str = "imagine",
+) -> tuple[Job, FileDelivery]:
+    """One job through the bot's pipeline (the store, the shared upstream budget, the ledger), its
+    image written to a file; `failure_of` tells whether it worked. Used by `generate` and `doctor --paid`."""
+    progress = Progress()
+    delivery = FileDelivery(output, progress, name_prefix)
+    pipeline = await Pipeline.open(settings, delivery, max_requeues=0, claims=False)  # its own job only
+    try:
+        await pipeline.service.start(resume=False)
+        with progress:
+            ticket = await pipeline.service.submit(request, who)
+            job = await pipeline.service.wait(ticket.job_id)
+    finally:
+        await pipeline.close(grace_s=5)
+    return job, delivery
+
+
+def failure_of(job: Job, delivery: FileDelivery) -> BaseException | None:
+    """None when the image was delivered into its file, else what went wrong."""
+    if job.state == "delivered" and delivery.written is not None:
+        return None
+    return delivery.error or ImagineError(job.error_message or "the job did not finish")
+
+
 async def generate_once(settings: Settings, args: argparse.Namespace) -> int:
     try:
         request = RequestBuilder(settings).imagine(
@@ -104,19 +136,8 @@ async def generate_once(settings: Settings, args: argparse.Namespace) -> int:
         print(f"imagine-bot: {describe_failure(exc)}", file=sys.stderr)
         return exit_code_for(exc)
 
-    progress = Progress()
-    delivery = FileDelivery(args.output, progress)
-    pipeline = await Pipeline.open(settings, delivery, max_requeues=0, claims=False)  # its own job only
-    try:
-        await pipeline.service.start(resume=False)
-        with progress:
-            ticket = await pipeline.service.submit(request, Requester("cli"))
-            job = await pipeline.service.wait(ticket.job_id)
-    finally:
-        await pipeline.close(grace_s=5)
-
-    if job.state != "delivered" or delivery.written is None:
-        error = delivery.error or ImagineError(job.error_message or "the job did not finish")
+    job, delivery = await generate_to_file(settings, request, Requester("cli"), output=args.output)
+    if (error := failure_of(job, delivery)) is not None:
         print(f"imagine-bot: {describe_failure(error)}", file=sys.stderr)
         return exit_code_for(error)
     print(f"wrote {delivery.written}")

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     discord_gateway_url: str | None = None
     dev_guild_id: int | None = None
     log_level: str = "INFO"
+    #: "text": one readable line per event; "json": one JSON object per line, for log shippers
+    log_format: Literal["text", "json"] = "text"
 
     # -- sharding (several processes, one shared store) ----------------------------------------
     #: how many shards the bot's guilds are split into; None = discord.py asks Discord (one shard
@@ -171,6 +173,11 @@ class Settings(BaseSettings):
         if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError("use sqlite:///path/to/file.db or postgresql://user@host:port/database")
         return url
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("shard_count", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ from bot.imaging.download import ImageFetcher
 from bot.imaging.retry import RetryPolicy
 from bot.limiter import UpstreamLimiter
 from bot.service import GenerationService
+from bot.status import StatusReader
 from bot.storage.connect import open_store
 from bot.storage.db import Store, utc_now
 from bot.storage.guilds import GuildStore
@@ -30,6 +31,7 @@ from bot.storage.images import ImageStore
 from bot.storage.jobs import JobStore
 from bot.storage.shared_queue import SharedQueue
 from bot.storage.upstream import SharedBudget
+from bot.upstream_health import UpstreamHealth
 
 #: a start held back by the rate windows is granted this much ahead (its request still leaves when
 #: the window opens): claiming and reading the job overlap the wait (PostgreSQL: ~9 ms a start)
@@ -44,6 +46,7 @@ class Pipeline:
     service: GenerationService
     admin: GuildAdmin
     budget: SharedBudget
+    status: StatusReader
 
     @property
     def jobs(self) -> JobStore:
@@ -79,6 +82,7 @@ class Pipeline:
             headers={"User-Agent": "imagine-bot"},
             follow_redirects=False,
         )
+        health = UpstreamHealth()  # every upstream attempt's outcome, for /imagine-admin status
         try:
             assert settings.nebula_api_key is not None  # checked by require() above
             client = ImageClient(
@@ -91,6 +95,7 @@ class Pipeline:
                     retry_after_cap_s=settings.upstream_retry_after_cap_s,
                 ),
                 shape=settings.image_request_shape,
+                on_attempt=health.record_attempt,
             )
             fetcher = ImageFetcher(
                 http,
@@ -115,6 +120,11 @@ class Pipeline:
                 max_bytes=settings.cache_max_mb * 1024 * 1024,
                 utcnow=wall_clock,
             )
+            shared_queue = (
+                SharedQueue(store, budget.owner, lease_s=settings.job_lease_s)
+                if settings.uses_postgres and claims
+                else None
+            )
             service = GenerationService(
                 settings=settings,
                 jobs=JobStore(store),
@@ -128,11 +138,16 @@ class Pipeline:
                 gatekeeper=gatekeeper,
                 store=store,
                 cache=cache,
-                shared_queue=(
-                    SharedQueue(store, budget.owner, lease_s=settings.job_lease_s)
-                    if settings.uses_postgres and claims
-                    else None
-                ),
+                shared_queue=shared_queue,
+            )
+            status = StatusReader(
+                settings=settings,
+                store=store,
+                scheduler=service.scheduler,
+                limiter=limiter,
+                gatekeeper=gatekeeper,
+                health=health,
+                shared_queue=shared_queue is not None,
             )
         except BaseException:
             await http.aclose()
@@ -146,6 +161,7 @@ class Pipeline:
             service=service,
             admin=GuildAdmin(store, gatekeeper),
             budget=budget,
+            status=status,
         )
 
     async def close(self, grace_s: float | None = None) -> None:

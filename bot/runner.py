@@ -26,6 +26,7 @@ from bot.imaging.download import DownloadedImage, ImageFetcher, sniff_kind
 from bot.imaging.errors import ContentRejected, ImageDownloadError, RateLimited, UpstreamError
 from bot.imaging.models import ImageRequest
 from bot.limiter import Gate
+from bot.log_fields import job_fields, latency_ms
 from bot.modlog import ModerationLog, excerpt
 from bot.requests import params_of
 from bot.scheduler import QueueItem
@@ -104,6 +105,7 @@ class JobRunner:
         try:
             if not await self.jobs.mark_submitting(job.id):
                 return None
+            log.info("job %s started", job.id, extra=job_fields(job, state="submitting"))
             self._background.notify(self._delivery.started(job))
             response = await self._client.generate(_image_request(job), gate=gate)
         except asyncio.CancelledError:
@@ -118,6 +120,7 @@ class JobRunner:
                     "job %s: upstream busy (request_id=%s); back to the head of its queue",
                     job.id,
                     exc.request_id,
+                    extra=job_fields(job, state="queued", request_id=exc.request_id),
                 )
                 self._on_requeued(job.id)
                 raise
@@ -168,10 +171,20 @@ class JobRunner:
                     return
                 log.warning("job %s: delivery failed (%s); retrying from the stored image", job.id, exc)
                 await self._sleep(0.5 * 2**attempt)
+        cost_fen = 0 if job.cache_hit else self._settings.price_per_image_fen
         if job.cache_hit:
-            await self.jobs.mark_delivered(job.id, cost_fen=0, refund_scopes=await self._hit_refunds(job))
+            delivered = await self.jobs.mark_delivered(job.id, cost_fen=0, refund_scopes=await self._hit_refunds(job))
         else:
-            await self.jobs.mark_delivered(job.id, cost_fen=self._settings.price_per_image_fen)
+            delivered = await self.jobs.mark_delivered(job.id, cost_fen=cost_fen)
+        if delivered:
+            log.info(
+                "job %s delivered%s",
+                job.id,
+                " from the cache" if job.cache_hit else "",
+                extra=job_fields(
+                    job, state="delivered", cost_fen=cost_fen, latency_ms=latency_ms(job.queued_at, self.jobs.now())
+                ),
+            )
         try:  # housekeeping: the user has the image and it is paid for, whatever happens here
             await self._release_image(sha256)
         except Exception:
@@ -278,6 +291,13 @@ class JobRunner:
             code,
             getattr(error, "message", error),
             request_id or "-",
+            extra=job_fields(
+                job,
+                state="failed",
+                request_id=request_id or job.request_id,
+                cost_fen=0,
+                latency_ms=latency_ms(job.queued_at, self.jobs.now()),
+            ),
         )
         hint = messages.operator_hint(error)
         if hint:

@@ -262,7 +262,15 @@ class GenerationService:
             return Ticket(job_id, replayed=True, locate=self._locate(job_id))
         if acknowledge is not None:
             await self._acknowledge(job_id, acknowledge, reservation)
-        return await self._activate(job_id, reservation, choice)
+        ticket = await self._activate(job_id, reservation, choice)
+        how = "answered from the cache" if choice.hit is not None else "following an identical request"
+        log.info(
+            "job %s accepted: %s",
+            job_id,
+            how if ticket.cached else "queued",
+            extra={"job_id": job_id, "guild_id": who.guild_id, "user_id": who.user_id, "state": "queued"},
+        )
+        return ticket
 
     async def _limits(
         self, request: GenerationRequest, who: Requester, choice: Choice
@@ -330,6 +338,12 @@ class GenerationService:
 
     async def _refused(self, who: Requester, request: GenerationRequest, refusal: LimitReached) -> None:
         """Every refusal is recorded for the admins' report; moderation ones go to the log channel."""
+        log.info(
+            "request of %s refused (%s)",
+            who.requester,
+            refusal.limit or "refused",
+            extra={"guild_id": who.guild_id, "user_id": who.user_id, "state": "refused"},
+        )
         if who.guild_id is None or self._gate is None:
             return
         try:

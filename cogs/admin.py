@@ -1,4 +1,4 @@
-"""/imagine-admin: limits, budgets, moderation and reports, for server admins.
+"""/imagine-admin: limits, budgets, moderation, reports and the bot's status, for server admins.
 
 The group is visible only to members with Manage Server by default
 (`default_permissions`), and checked again at run time because server owners can change who
@@ -240,6 +240,22 @@ class Admin(commands.Cog):
             interaction.guild_id, interaction.user.id, enabled=enabled, counts=counts_toward_limits
         )
         await self._changed(interaction, text)
+
+    # -- status ---------------------------------------------------------------------------------
+    @admin.command(name="status", description="Uptime, this server's queue, the upstream's health, today's spend")
+    async def status(self, interaction: discord.Interaction) -> None:
+        assert self.bot.pipeline is not None and interaction.guild_id is not None
+        status = await self.bot.pipeline.status.guild(interaction.guild_id, flow.requester_of(interaction).requester)
+        await _answer(interaction, embed=render_admin.status_embed(status, self._shards(interaction.guild_id)))
+
+    def _shards(self, guild_id: int) -> str:
+        """This process's shards (the ones it connects) and the one this server's events arrive on."""
+        ids = sorted(self.bot.shards)
+        listed = ", ".join(str(i) for i in ids) or "none"
+        return (
+            f"shard{'s' if len(ids) != 1 else ''} {listed} of {self.bot.shard_count or 1} in this process;"
+            f" this server is on shard {self.bot.shard_of(guild_id)}"
+        )
 
     # -- usage, reports, export -----------------------------------------------------------------
     @admin.command(name="reset", description="Give a member back today's images")

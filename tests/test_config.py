@@ -61,6 +61,7 @@ def test_secrets_do_not_print() -> None:
         ("NEBULA_BASE_URL", "ftp://x", "NEBULA_BASE_URL is invalid"),
         ("DATABASE_URL", "mysql://x", "DATABASE_URL is invalid"),
         ("PRICE_PER_IMAGE_CNY", "-1", "PRICE_PER_IMAGE_CNY is invalid"),
+        ("LOG_FORMAT", "xml", "LOG_FORMAT is invalid"),
     ],
 )
 def test_invalid_value_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str) -> None:
@@ -70,6 +71,12 @@ def test_invalid_value_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, name: 
     assert caught.value.message.startswith(expected)
     assert "\n" not in caught.value.message
     assert "Fix it in .env or the environment" in caught.value.message
+
+
+def test_log_format_is_text_by_default_and_json_on_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(_env_file=None).log_format == "text"
+    monkeypatch.setenv("LOG_FORMAT", " JSON ")
+    assert load_settings(_env_file=None).log_format == "json"
 
 
 @pytest.mark.parametrize("name", ["NEBULA_API_KEY", "DISCORD_TOKEN"])

@@ -18,6 +18,7 @@ from bot.imaging.errors import ContentRejected, ServerError
 from bot.pipeline import Pipeline
 from bot.requests import RequestBuilder
 from bot.scheduler import QueuePosition
+from bot.service import POSITION_DEBOUNCE_S
 from bot.storage.jobs import Job, JobStore, NewJob
 from tests.fakes.image_api import FakeImageApi, Reply
 from tests.fakes.png import png_size
@@ -171,7 +172,8 @@ async def test_queue_admission_refuses_before_anything_is_written(
 
 async def test_positions_are_published_as_the_queue_moves(make_settings, delivery, fake_api) -> None:
     settings = make_settings(upstream_concurrency=1, upstream_rpm=6000, user_pending_max=5)
-    fake_api.latency_s = 0.2
+    # each place lasts a generation: longer than the debounce, or a busy machine may skip the last one
+    fake_api.latency_s = POSITION_DEBOUNCE_S * 3
     pipeline = await Pipeline.open(settings, delivery)
     await pipeline.service.start()
     try:

@@ -215,3 +215,30 @@ async def test_identical_requests_never_wait_on_a_job_another_process_runs(
     finally:
         await admitting.close(grace_s=1)
     assert [j.state for j in jobs] == ["delivered", "delivered"]
+
+
+async def test_status_counts_a_guilds_jobs_in_every_process_and_the_upstream_of_its_own(
+    make_settings: Callable[..., Settings], fake_api: FakeImageApi
+) -> None:
+    """/imagine-admin status on a shared queue: a process that admitted nothing and runs nothing
+    still sees the guild's queue (from the store); requests in flight are each process's own."""
+    fake_api.latency_s = 5  # the first job stays in flight while the status is read
+    settings = make_settings(upstream_concurrency=1, user_pending_max=10)
+    admitting = await Pipeline.open(settings, RecordingDelivery(), wall_clock=lambda: NOON)  # admits, runs nothing
+    try:
+        async with processes(settings, n=1) as (worker,):
+            for n in range(3):
+                await admitting.service.submit(picture(settings), member(8000 + n))
+            for _ in range(500):
+                if fake_api.requests:
+                    break
+                await asyncio.sleep(0.02)
+            seen = [await p.status.guild(GUILD, "8999") for p in (admitting, worker)]
+            worker.service.force_stop()
+    finally:
+        admitting.service.force_stop()
+        await admitting.close(grace_s=0)
+    for status in seen:
+        assert (status.shared_queue, status.queue.waiting, status.queue.running) == (True, 2, 1)
+        assert status.spend.today_fen == 3 * 18  # every accepted job reserved its price
+    assert [s.upstream.in_flight for s in seen] == [0, 1]

@@ -2,7 +2,8 @@
 
 Retries happen here and only here (policy in `retry.py`). Every attempt, retries included,
 runs inside `gate.attempt()`, which is how the scheduler's global limiter sees every upstream
-call and pauses everyone on a 429.
+call and pauses everyone on a 429. Every attempt's outcome is told to `on_attempt` (the status
+command's upstream health), retried 429s and errors included.
 """
 
 from __future__ import annotations
@@ -120,7 +121,9 @@ class ImageClient:
         shape: RequestShape = "parameters",
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        on_attempt: Callable[[UpstreamError | None], None] | None = None,
     ) -> None:
+        """`on_attempt`: told how each attempt ended, None for an answer, else its error."""
         self._http = http
         self._url = base_url.rstrip("/") + "/images/generations"
         self._api_key = api_key
@@ -132,6 +135,7 @@ class ImageClient:
         self._shape = shape
         self._sleep = sleep
         self._rng = rng
+        self._on_attempt = on_attempt
 
     async def generate(self, request: ImageRequest, *, gate: Gate | None = None) -> ImageResponse:
         gate = gate or OpenGate()
@@ -139,8 +143,9 @@ class ImageClient:
         while True:
             try:
                 async with gate.attempt() as stamp:
-                    return await self._attempt(request, stamp)
+                    response = await self._attempt(request, stamp)
             except UpstreamError as error:
+                self._attempted(error)
                 if not should_retry(error, retries, self._policy):
                     raise
                 delay = retry_delay(error, retries, self._policy, self._rng)
@@ -152,8 +157,16 @@ class ImageClient:
                     self._policy.max_retries,
                     delay,
                     error.request_id or "-",
+                    extra={"request_id": error.request_id},
                 )
                 await self._sleep(delay)
+            else:
+                self._attempted(None)
+                return response
+
+    def _attempted(self, error: UpstreamError | None) -> None:
+        if self._on_attempt is not None:
+            self._on_attempt(error)
 
     async def _attempt(self, request: ImageRequest, stamp: SendStamp) -> ImageResponse:
         headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
@@ -170,7 +183,7 @@ class ImageClient:
                 )
             stamp.sent()  # a no-op once traced; a late (so cautious) stamp for transports that do not trace
         except _NEVER_SENT as exc:
-            raise ServerError(f"could not reach the image API ({type(exc).__name__})") from None
+            raise ServerError(f"could not reach the image API ({_network_error(exc)})") from None
         except (httpx.TimeoutException, TimeoutError):
             raise Timeout(f"the image API did not answer within {self._timeout_s:g} s") from None
         except httpx.HTTPError as exc:
@@ -178,6 +191,12 @@ class ImageClient:
             # billed), so this is not retried.
             raise ServerError(f"connection lost after sending ({type(exc).__name__})", retryable=False) from None
         return parse_response(response)
+
+
+def _network_error(exc: Exception) -> str:
+    """`ConnectError: All connection attempts failed`: the class and what the OS said (no URL, no header)."""
+    detail = _clean(str(exc), limit=200)
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
 def parse_response(response: httpx.Response) -> ImageResponse:

@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aiosqlite
@@ -208,6 +209,10 @@ class JobStore:
             (requester, max_chars, *exclude, limit),
         )
         return [row[0] for row in rows]
+
+    def now(self) -> datetime:
+        """The store's clock (UTC), the one every timestamp of a job is written with."""
+        return self._store.clock()
 
     async def get(self, job_id: int) -> Job | None:
         row = await self._store.fetch_one("SELECT * FROM jobs WHERE id = ?", (job_id,))

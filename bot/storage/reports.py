@@ -184,3 +184,26 @@ async def counters(store: Store, keys: list[tuple[str, str, str]]) -> dict[str, 
         )
         found[scope] = int(row[0]) if row else 0
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class GuildQueue:
+    """A guild's unfinished jobs as the store sees them: every process's, on a shared store."""
+
+    waiting: int  # queued and taken by no process yet
+    running: int  # taken by a process, being generated, or generated and being delivered
+    oldest_queued_at: str | None  # when the longest-waiting of them was queued (the store's clock)
+
+
+async def guild_queue(store: Store, guild_id: int) -> GuildQueue:
+    """One read of the unfinished jobs (a small set, indexed: jobs_unfinished). On a shared queue
+    a job claimed by a process is no longer waiting; on SQLite nothing is ever claimed."""
+    row = await store.fetch_one(
+        "SELECT COUNT(*) FILTER (WHERE state = 'queued' AND claimed_by IS NULL) AS waiting,"
+        " COUNT(*) FILTER (WHERE state <> 'queued' OR claimed_by IS NOT NULL) AS running,"
+        " MIN(queued_at) FILTER (WHERE state = 'queued' AND claimed_by IS NULL) AS oldest"
+        " FROM jobs WHERE state IN ('queued', 'submitting', 'generated') AND guild_id = ?",
+        (guild_id,),
+    )
+    assert row is not None  # an aggregate always answers one row
+    return GuildQueue(int(row["waiting"] or 0), int(row["running"] or 0), row["oldest"])

@@ -1,7 +1,8 @@
-"""Embeds for /usage and the /imagine-admin commands (limits, rules, blocks, reports), in the reader's locale."""
+"""Embeds for /usage and the /imagine-admin commands (limits, rules, blocks, reports, status), per locale."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 import discord
@@ -10,6 +11,8 @@ from bot.gatekeeper import Usage
 from bot.i18n import DEFAULT, money, number, t, when
 from bot.limits import GuildPolicy, discord_time
 from bot.moderation import Rule
+from bot.money import format_cny
+from bot.status import GuildStatus
 from bot.storage.guilds import Block
 from bot.storage.reports import GuildReport
 from bot.ui.render import COLOUR
@@ -128,3 +131,72 @@ def report_embed(report: GuildReport, days: int, locale: str = DEFAULT, timezone
     failures = ", ".join(f"{code}: {n}" for code, n in sorted(report.failure_codes.items()))
     embed.add_field(name=t(locale, "report.failure_causes"), value=failures or t(locale, "common.none"), inline=False)
     return embed
+
+
+SHARED_FOOTER = "Queue and spend: every bot process (shared database). Uptime and upstream: this process only."
+LOCAL_FOOTER = "Uptime and upstream: this bot process."
+
+
+def status_embed(status: GuildStatus, shards: str) -> discord.Embed:
+    """`shards`: which shards this process runs, and this server's (the Discord side knows them)."""
+    embed = discord.Embed(title="imagine-bot status", colour=COLOUR)
+    embed.add_field(
+        name="Uptime",
+        value=f"{duration(status.uptime_s)} (since {discord_time(status.started_at, 'f')})\n{shards}",
+        inline=False,
+    )
+    queue = status.queue
+    oldest = "nobody waiting" if queue.oldest_wait_s is None else f"oldest waiting {duration(queue.oldest_wait_s)}"
+    embed.add_field(
+        name="This server's queue",
+        value=(
+            f"{queue.waiting} waiting (at most {queue.queue_max}), {queue.running} generating or delivering\n"
+            f"{oldest}\n"
+            f"a new request would start in {duration(queue.new_request_wait_s)}"
+        ),
+        inline=False,
+    )
+    up = status.upstream
+    pause = f"{math.ceil(up.pause_remaining_s)} s left" if up.pause_remaining_s > 0 else "no"
+    embed.add_field(
+        name="Upstream",
+        value=(
+            f"errors: {up.last_hour.error} in the last hour, {up.last_day.error} in 24 h\n"
+            f"429s: {up.last_hour.rate_limited} in the last hour, {up.last_day.rate_limited} in 24 h\n"
+            f"answered: {up.last_hour.ok} in the last hour, {up.last_day.ok} in 24 h"
+            f" ({up.last_day.refused} refused as bad requests in 24 h)\n"
+            f"paused: {pause}\n"
+            f"in flight: {up.in_flight} of {up.concurrency}\n"
+            f"started in the last minute: {up.starts_last_minute} of {up.rpm}"
+        ),
+        inline=False,
+    )
+    spend = status.spend
+    spent = _money_left(spend.today_fen, spend.daily_budget_fen, DEFAULT)  # "spent, no cap" without a budget
+    if spend.daily_budget_fen is not None:
+        spent = f"{format_cny(spend.today_fen)} spent, {spent}"
+    embed.add_field(
+        name="Spent here today",
+        value=(
+            f"{spent} (images reserved by waiting jobs included)\n"
+            f"the day ends {discord_time(spend.resets_at)} ({spend.timezone})"
+        ),
+        inline=False,
+    )
+    embed.set_footer(text=SHARED_FOOTER if status.shared_queue else LOCAL_FOOTER)
+    return embed
+
+
+def duration(seconds: float) -> str:
+    """12 s, 4 min 5 s, 3 h 12 min, 2 d 5 h: the two largest units."""
+    total = max(0, int(seconds))
+    days, rest = divmod(total, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min {secs} s"
+    return f"{secs} s"

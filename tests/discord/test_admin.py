@@ -12,6 +12,7 @@ import csv
 import io
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -191,6 +192,7 @@ ADMIN_COMMANDS = {
     "reset": (("reset",), {"user": user(USER_ID)}),
     "report": (("report",), {}),
     "export": (("export",), {}),
+    "status": (("status",), {}),
 }
 
 
@@ -657,3 +659,74 @@ async def test_an_admin_command_is_acknowledged_at_once_even_while_the_store_is_
     text = (await harness.reply(sent, lambda m: bool(m.content), timeout=10)).content
     assert text.startswith(f"<@{ADMIN_ID}> added rule #1 (regex")
     await holder
+
+
+# -- 13. status: uptime, this server's queue, the upstream's health, today's spend (issue 10) ----------------
+
+
+async def settled_in_queue(harness: BotHarness, job_id: int) -> None:
+    """Wait until a job put back by a 429 waits in the queue again, taken by no process."""
+    for _ in range(500):
+        [row] = await rows(harness, "SELECT state, claimed_by FROM jobs WHERE id = ?", (job_id,))
+        if row["state"] == "queued" and row["claimed_by"] is None:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"job {job_id} did not go back to the queue: {row}")
+
+
+@pytest.mark.both_backends
+async def test_status_shows_an_admin_the_queue_the_upstreams_health_and_todays_spend_privately(
+    harness: BotHarness, backend: str
+) -> None:
+    clock = WallClock(NOON_UTC)  # 20:00 in Shanghai
+    # a Retry-After above the 1 s the client waits out: the job goes back to the queue, everyone pauses
+    await harness.start(wall_clock=clock, upstream_retry_after_cap_s=1)
+    await run_admin(harness, "limits", "set", daily_budget="1", timezone="Asia/Shanghai")
+    # the first job meets a 429 the client waits out (Retry-After: 0), the second a 500; both are delivered
+    harness.api.script(Reply.error(429, retry_after=0), Reply.ok(), Reply.error(500), Reply.ok())
+    await delivered(harness, imagine(harness, user_id=USER_ID))
+    await delivered(harness, imagine(harness, user_id=OTHER_ID))
+    harness.api.script(Reply.error(429, retry_after=30))
+    third = imagine(harness, user_id=USER_ID)
+    await harness.discord.wait_for(lambda _: len(harness.api.requests) == 5 and harness.api.requests[-1].status == 429)
+    await settled_in_queue(harness, third.id)
+    clock.advance(seconds=90)  # the third job has waited a minute and a half
+
+    sent = admin(harness, "status")
+    message = await answer(harness, sent)
+    assert harness.discord.callbacks(sent.id) == [5]  # acknowledged privately before any store work
+    assert message.allowed_mentions == NO_PINGS
+    [embed] = message.embeds
+    fields = {f["name"]: f["value"] for f in embed["fields"]}
+    assert list(fields) == ["Uptime", "This server's queue", "Upstream", "Spent here today"]
+
+    assert re.fullmatch(
+        r"\d+ (s|min \d+ s) \(since <t:\d+:f>\)\nshard 0 of 1 in this process; this server is on shard 0",
+        fields["Uptime"],
+    ), fields["Uptime"]
+
+    queue = fields["This server's queue"].split("\n")
+    assert queue[:2] == ["1 waiting (at most 25), 0 generating or delivering", "oldest waiting 1 min 30 s"]
+    upstream = fields["Upstream"].split("\n")
+    assert upstream[:3] == [
+        "errors: 1 in the last hour, 1 in 24 h",
+        "429s: 2 in the last hour, 2 in 24 h",
+        "answered: 2 in the last hour, 2 in 24 h (0 refused as bad requests in 24 h)",
+    ]
+    paused = re.fullmatch(r"paused: (\d+) s left", upstream[3])
+    assert paused is not None and 0 < int(paused[1]) <= 30, upstream[3]
+    assert upstream[4:] == ["in flight: 0 of 2", "started in the last minute: 5 of 6000"]
+    # nothing starts before the pause ends: the estimate for a new request says so
+    wait = re.fullmatch(r"a new request would start in (\d+) s", queue[2])
+    assert wait is not None and int(wait[1]) >= int(paused[1]) - 1, queue[2]
+
+    shanghai_midnight = int(datetime(2026, 3, 10, 16, 0, tzinfo=UTC).timestamp())
+    assert fields["Spent here today"] == (  # two images delivered and one reserved by the waiting job
+        "¥0.54 spent, ¥0.46 left of ¥1.00 (images reserved by waiting jobs included)\n"
+        f"the day ends <t:{shanghai_midnight}:R> (Asia/Shanghai)"
+    )
+    assert embed["footer"]["text"] == (
+        "Queue and spend: every bot process (shared database). Uptime and upstream: this process only."
+        if backend == "postgresql"
+        else "Uptime and upstream: this bot process."
+    )

@@ -122,7 +122,9 @@ async def test_queue_shows_running_waiting_and_the_callers_real_place(harness: B
     harness.api.script(Reply.ok(delay=30))  # the first job keeps the only upstream slot busy
     harness.slash("imagine", {"prompt": "running job"}, user_id=1001)
     await harness.discord.wait_for(lambda f: harness.api.requests)
-    harness.slash("imagine", {"prompt": "first waiting"}, user_id=1002)
+    first = harness.slash("imagine", {"prompt": "first waiting"}, user_id=1002)
+    # admitted one after the other: two pushed at once race for the first place
+    await harness.reply(first, lambda m: "#1 in this server" in m.content)
     mine = harness.slash("imagine", {"prompt": "second waiting"}, user_id=1003)
     await harness.reply(mine, lambda m: "#2 in this server" in m.content)
     query = harness.slash("queue", user_id=1003)

@@ -112,6 +112,8 @@ class FakeGuild:
     owner_id: int | None = None
     channel_names: dict[int, str] = field(default_factory=dict)
     preferred_locale: str = "en-US"  # the server's language: interactions carry it as guild_locale
+    #: the bot's server-wide permissions here, as GET /users/@me/guilds reports them
+    bot_permissions: str = DEFAULT_PERMISSIONS
 
     def __post_init__(self) -> None:
         self.id = self.id or new_snowflake()
@@ -255,6 +257,24 @@ def role_payload(role: int | dict[str, Any], guild_id: int, position: int) -> di
         "icon": None,
         "unicode_emoji": None,
         "flags": 0,
+    }
+
+
+def partial_guild_payload(guild: FakeGuild, bot_user_id: int) -> dict[str, Any]:
+    """A guild as GET /users/@me/guilds lists it for the bot: `owner` and its `permissions`.
+
+    `owner` only when a test made the bot the owner (`owner_id`): the GUILD_CREATE payload names
+    the bot as owner by default only because discord.py needs some owner id there."""
+    return {
+        "id": str(guild.id),
+        "name": guild.name,
+        "icon": None,
+        "banner": None,
+        "owner": guild.owner_id == bot_user_id,
+        "permissions": guild.bot_permissions,
+        "features": [],
+        "approximate_member_count": 2,
+        "approximate_presence_count": 1,
     }
 
 

@@ -29,6 +29,7 @@ from tests.fakes.fake_discord_models import (
     invalid_form,
     json_response,
     message_payload,
+    partial_guild_payload,
     walk_components,
 )
 
@@ -84,6 +85,7 @@ class RestRoutes:
         p = API_PREFIX
         r.add_get(p + "/users/@me", self._get_me)
         r.add_post(p + "/users/@me/channels", self._create_dm)
+        r.add_get(p + "/users/@me/guilds", self._get_my_guilds)
         r.add_get(p + "/oauth2/applications/@me", self._get_application)
         r.add_get(p + "/applications/@me", self._get_application)
         r.add_get(p + "/gateway", self._get_gateway)
@@ -299,6 +301,21 @@ class RestRoutes:
         if not self._is_bot(request):
             return error_response("unauthorized")
         return json_response({**self._bot_user, "verified": True, "mfa_enabled": False, "locale": "en-US"})
+
+    async def _get_my_guilds(self, request: web.Request) -> web.Response:
+        """The bot's guilds in id order, paged as Discord pages them (`after`, `limit` up to 200)."""
+        if not self._is_bot(request):
+            return error_response("unauthorized")
+        try:
+            after = int(request.query.get("after", 0))
+            limit = int(request.query.get("limit", 200))
+        except ValueError:
+            return invalid_form("limit", "NUMBER_TYPE_COERCE", "Value is not int.")
+        if not 1 <= limit <= 200:
+            return invalid_form("limit", "NUMBER_TYPE_MAX", "int value should be between 1 and 200.")
+        with self._lock:
+            guilds = sorted((g for g in self._guilds.values() if g.id > after), key=lambda g: g.id)[:limit]
+            return json_response([partial_guild_payload(g, self.bot_user_id) for g in guilds])
 
     async def _get_application(self, request: web.Request) -> web.Response:
         if not self._is_bot(request):

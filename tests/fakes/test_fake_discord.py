@@ -400,6 +400,25 @@ async def test_wire_details_without_a_bot(fake: FakeDiscord) -> None:
     assert fake.identify_count == 1 and fake.resume_count == 1
 
 
+async def test_the_bots_guilds_over_rest_with_their_permissions_paged(fake: FakeDiscord) -> None:
+    """GET /users/@me/guilds, as discord.py's HTTP client asks it (`imagine-bot doctor`): each guild
+    with the bot's own server-wide permissions, paged by `after`, ordered by id."""
+    second = fake.add_guild(FakeGuild(name="Second", bot_permissions="3072"))
+    client = discord.Client(intents=discord.Intents.none())
+    async with client:
+        await client.login(fake.bot_token)
+        first_page = await client.http.get_guilds(1)
+        second_page = await client.http.get_guilds(200, after=int(first_page[0]["id"]))
+        with pytest.raises(discord.HTTPException) as too_many:
+            await client.http.get_guilds(201)
+    assert [(g["id"], g["permissions"], g["owner"]) for g in first_page + second_page] == [
+        (str(fake.guild_id), "2248473465835073", False),
+        (str(second.id), "3072", False),
+    ]
+    assert too_many.value.status == 400
+    assert fake.identify_count == 0  # REST only: no gateway connection
+
+
 # -- sharding ------------------------------------------------------------------------------------
 @pytest.fixture
 def sharded() -> Any:

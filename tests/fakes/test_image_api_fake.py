@@ -161,6 +161,22 @@ def test_invalid_requests_are_refused_without_consuming_the_script(fake, headers
     assert fake.requests[0].status == status
 
 
+def test_an_invalid_size_probe_is_refused_before_any_charge_or_start(fake):
+    """`imagine-bot doctor` checks the key with a size the spec refuses: the key is checked first (a
+    bad one gets 401 whatever the body), a good one gets the documented 400 for the size, and
+    neither is a generation (billed) nor a start counted against the rate limits."""
+    fake.rpm_limit = 1
+    fake.script(Reply.error(500))
+    with httpx.Client(base_url=fake.base_url, timeout=10) as c:
+        bad = c.post(GEN, json=simple_body(size="0*0"), headers={"Authorization": "Bearer wrong"})
+        good = c.post(GEN, json=simple_body(size="0*0"), headers=AUTH)
+    assert (bad.status_code, bad.json()["msg"]) == (401, "Invalid API key")
+    assert (good.status_code, good.json()["msg"]) == (400, "Parameter Error: Unsupported image size")
+    assert fake.generation_count == 0 and fake.pending_replies == 1 and fake.admitted_starts == []
+    with httpx.Client(base_url=fake.base_url, headers=AUTH, timeout=10) as c:
+        assert c.post(GEN, json=simple_body()).status_code == 500  # the one start of the minute is still free
+
+
 # -- scripted replies --------------------------------------------------------------------------------
 def test_script_is_fifo_then_default_success(fake, client):
     fake.script(Reply.error(500), Reply.ok(revised_prompt="A fluffy orange kitten, photo"))

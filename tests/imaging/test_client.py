@@ -219,6 +219,8 @@ async def test_connection_refused_is_retried_because_nothing_was_sent(http) -> N
         await client.generate(REQUEST)
     assert caught.value.retryable is True
     assert len(sleep.delays) == 2
+    # what the OS said, for an operator (imagine-bot doctor prints it); never the URL's secrets or headers
+    assert caught.value.message == "could not reach the image API (ConnectError: All connection attempts failed)"
 
 
 async def test_every_attempt_passes_the_gate(http, fake_api: FakeImageApi) -> None:
@@ -228,6 +230,20 @@ async def test_every_attempt_passes_the_gate(http, fake_api: FakeImageApi) -> No
     await client.generate(REQUEST, gate=gate)
     assert gate.attempts == 3
     assert gate.stamps >= 3  # each request was stamped as it left (once by the trace, then confirmed)
+
+
+async def test_every_attempts_outcome_is_told_retried_ones_included(http, fake_api: FakeImageApi) -> None:
+    """What /imagine-admin status counts: a 429 or a 5xx the client retried is still one the
+    provider sent."""
+    outcomes: list[str] = []
+    client, _ = make_client(
+        http, fake_api.base_url, on_attempt=lambda error: outcomes.append(type(error).__name__ if error else "ok")
+    )
+    fake_api.script(Reply.error(500), Reply.error(429, retry_after=0), Reply.ok(), Reply.content_rejected())
+    await client.generate(REQUEST)
+    with pytest.raises(ContentRejected):
+        await client.generate(REQUEST)
+    assert outcomes == ["ServerError", "RateLimited", "ok", "ContentRejected"]
 
 
 async def test_a_request_is_stamped_as_it_leaves_and_never_when_it_could_not_be_sent(http) -> None:
