@@ -23,7 +23,16 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 
 from bot.errors import ImagineError
 from bot.storage.db import utc_now
@@ -73,6 +82,9 @@ class Metrics:
         self._wall_clock = wall_clock  # the store's clock: queued_at was written with it
         self._scrape_hooks: list[Callable[[], Awaitable[None]]] = []
         self.registry = registry = CollectorRegistry()
+        # the standard process_*, python_gc_* and python_info series every Python exporter has
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            registry.register(standard)
 
         # -- Discord: the names bot operators already chart (discord-ext-prometheus, Grafana 17670);
         # the gauges discord_connected, discord_latency and discord_stat_total_guilds are read from
