@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -20,19 +21,23 @@ from prometheus_client.parser import text_string_to_metric_families
 from bot.app import ImagineBot
 from bot.errors import ConfigError
 from tests.discord.conftest import BotHarness, private_refusal
-from tests.fakes.fake_discord import SentInteraction
-from tests.fakes.image_api import Reply
+from tests.discord.test_sharding import ON_POSTGRES, SHARDS, Processes, until_all
+from tests.fakes.fake_discord import FakeDiscord, FakeGuild, SentInteraction, shard_of
+from tests.fakes.image_api import FakeImageApi, Reply
 
 USER_ID, OTHER_ID, THIRD_ID = 910_001, 910_002, 910_003
 
 
 # -- scraping ------------------------------------------------------------------------------------------------
-def ops_url(bot: ImagineBot, path: str) -> str:
+def ops_url(bot: ImagineBot | str, path: str) -> str:
+    """`bot`: one in this process, or the base URL of one in another."""
+    if isinstance(bot, str):
+        return bot + path
     assert bot.ops_server is not None and bot.ops_server.port, "the metrics server is not running"
     return f"http://{bot.settings.metrics_host}:{bot.ops_server.port}{path}"
 
 
-async def get(bot: ImagineBot, path: str) -> httpx.Response:
+async def get(bot: ImagineBot | str, path: str) -> httpx.Response:
     async with httpx.AsyncClient(timeout=10) as client:
         return await client.get(ops_url(bot, path))
 
@@ -59,13 +64,13 @@ class Scrape:
         return any(s.name == name for s in self.samples)
 
 
-async def scrape(bot: ImagineBot) -> Scrape:
+async def scrape(bot: ImagineBot | str) -> Scrape:
     response = await get(bot, "/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     return Scrape(response.text)
 
 
-async def readyz(bot: ImagineBot) -> tuple[int, dict[str, Any]]:
+async def readyz(bot: ImagineBot | str) -> tuple[int, dict[str, Any]]:
     response = await get(bot, "/readyz")
     return response.status_code, response.json()
 
@@ -161,10 +166,12 @@ async def test_a_scrape_during_a_run_agrees_with_the_ledger(harness: BotHarness,
     assert metrics.value("imagine_queue_depth") == 0 and metrics.value("imagine_jobs_running") == 0
     assert metrics.value("imagine_event_loop_lag_seconds_count") >= 1
 
-    # No guild, channel, user or job id anywhere in the scrape.
+    # No guild, channel, user or job id anywhere in the scrape (names, labels, comments; a value's
+    # digits could hold any short number by chance).
     ids = {harness.discord.guild_id, harness.discord.channel_id, USER_ID, OTHER_ID, THIRD_ID}
     ids |= {j["id"] for j in jobs}
-    assert [i for i in ids if str(i) in metrics.text] == []
+    without_values = "\n".join(line.rsplit(" ", 1)[0] for line in metrics.text.splitlines() if line)
+    assert [i for i in ids if str(i) in without_values] == []
 
 
 async def _scrape_with(bot: ImagineBot, name: str, **labels: str) -> Scrape | None:
@@ -250,7 +257,7 @@ async def test_readyz_fails_while_another_holds_the_store_s_write_lock(
         await other.close()
 
 
-async def _ready(bot: ImagineBot) -> bool:
+async def _ready(bot: ImagineBot | str) -> bool:
     return (await readyz(bot))[0] == 200
 
 
@@ -354,3 +361,63 @@ async def test_a_port_in_use_stops_the_start_with_one_clear_line(harness: BotHar
     finally:
         await bot.close()
     assert caught.value.message.startswith(f"METRICS_PORT {taken} cannot be used on METRICS_HOST 127.0.0.1")
+
+
+# -- several processes ---------------------------------------------------------------------------------------
+@ON_POSTGRES
+async def test_each_shard_process_serves_its_own_figures_and_together_they_match_the_ledger(
+    tmp_path: Path, fake_api: FakeImageApi, database_url: str
+) -> None:
+    guilds = [FakeGuild.on_shard(n % SHARDS, SHARDS, name=f"Guild {n}") for n in range(4)]
+    with FakeDiscord(guilds=guilds) as fake:
+        bots = Processes(tmp_path, fake, fake_api, database_url)
+        try:
+            processes = []
+            for shard in range(SHARDS):  # one after the other: the first migrates the fresh schema
+                processes.append(bots.start(f"shard-{shard}", SHARD_IDS=str(shard), METRICS_PORT="0"))
+                await bots.shard_ready(shard)
+            urls = [await bots.until(lambda p=p: _served_at(p.log_text())) for p in processes]
+            sent = [
+                fake.send_slash("imagine", {"prompt": f"A harbour at dawn, {n}"}, guild_id=g.id, user_id=1000 + n)
+                for n, g in enumerate(fake.guilds)
+            ]
+            rows = await until_all(bots, sent)
+            delivered = [r for r in rows.values() if r["state"] == "delivered"]
+            assert len(delivered) == len(sent)
+
+            async def all_counted() -> list[Scrape] | None:
+                scrapes = [await scrape(url) for url in urls]
+                counted = sum(s.value("imagine_jobs_delivered_total") for s in scrapes)
+                return scrapes if counted == len(delivered) else None
+
+            scrapes = await until(all_counted)
+            assert sum(s.value("imagine_spent_fen_total") for s in scrapes) == sum(r["cost_fen"] for r in delivered)
+            for shard, (url, figures) in enumerate(zip(urls, scrapes, strict=True)):
+                assert await until(lambda url=url: _ready(url))  # once its guilds have arrived
+                own = {g.id for g in fake.guilds if shard_of(g.id, SHARDS) == shard}
+                assert {s.labels["shard"] for s in figures.samples if s.name == "discord_connected"} == {str(shard)}
+                assert figures.value("discord_stat_total_guilds") == len(own) == 2
+                interactions = [s for s in figures.samples if s.name == "discord_event_on_interaction_total"]
+                assert {s.labels["shard"] for s in interactions} == {str(shard)}
+                assert sum(s.value for s in interactions) == len(own)  # only its own guilds' commands
+        finally:
+            bots.kill_all()
+
+
+def _served_at(log_text: str) -> str | None:
+    found = re.search(r"metrics and health probes on (http://[\d.]+:\d+)", log_text)
+    return found.group(1) if found else None
+
+
+# -- the documentation -----------------------------------------------------------------------------------------
+async def test_every_metric_served_is_documented_in_the_readme_with_its_type(harness: BotHarness) -> None:
+    bot = await harness.start(metrics_port=0)
+    text = (await get(bot, "/metrics")).text
+    served = {
+        family.name + ("_total" if family.type == "counter" else ""): family.type
+        for family in text_string_to_metric_families(text)
+        if not family.name.startswith(("process_", "python_"))  # prometheus_client's standard ones
+    }
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    documented = dict(re.findall(r"^\| `([a-z0-9_]+)` \| (gauge|counter|histogram) \|", readme, re.MULTILINE))
+    assert served == documented
