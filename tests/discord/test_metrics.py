@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.app import ImagineBot
 from bot.errors import ConfigError
+from tests.conftest import TEST_API_KEY
 from tests.discord.conftest import BotHarness, private_refusal
 from tests.discord.test_sharding import ON_POSTGRES, SHARDS, Processes, until_all
 from tests.fakes.fake_discord import FakeDiscord, FakeGuild, SentInteraction, shard_of
@@ -172,6 +173,9 @@ async def test_a_scrape_during_a_run_agrees_with_the_ledger(harness: BotHarness,
     ids |= {j["id"] for j in jobs}
     without_values = "\n".join(line.rsplit(" ", 1)[0] for line in metrics.text.splitlines() if line)
     assert [i for i in ids if str(i) in without_values] == []
+    readiness = (await get(bot, "/readyz")).text
+    for secret in (TEST_API_KEY, harness.discord.bot_token):
+        assert secret not in metrics.text and secret not in readiness
 
 
 async def _scrape_with(bot: ImagineBot, name: str, **labels: str) -> Scrape | None:
@@ -208,6 +212,20 @@ async def test_livez_answers_and_readyz_is_ready_when_all_is_well(harness: BotHa
     status, body = await readyz(bot)
     assert status == 200 and body["ready"] is True
     assert set(body["checks"]) == {"gateway", "store", "dispatcher", "upstream"} and failing(body) == {}
+
+
+async def test_while_the_bot_stops_readyz_says_so_and_the_probes_answer_until_the_end(harness: BotHarness) -> None:
+    bot = await harness.start(metrics_port=0, shutdown_grace_s=5)
+    harness.api.latency_s = 1.5
+    sent = imagine(harness, "A kite landing", USER_ID)
+    await harness.discord.wait_for(lambda _: harness.api.requests)  # its request is with the provider
+    closing = asyncio.create_task(bot.close())  # SIGTERM: that request finishes first
+    status, body = await until(lambda: _unready(bot))
+    assert failing(body) == {"dispatcher": "stopping: new requests are refused"}  # still connected meanwhile
+    assert (await get(bot, "/livez")).status_code == 200
+    await closing
+    assert (await harness.result(sent)).attachments  # the request in flight finished and was delivered
+    assert bot.ops_server is not None and bot.ops_server.port not in {port for _, port in listening_sockets()}
 
 
 async def test_readyz_fails_while_the_store_is_read_only(harness: BotHarness) -> None:
