@@ -82,12 +82,13 @@ class Readiness:
         if self._probe is None or self._probe.done():
             self._probe = asyncio.ensure_future(probe_write(store))
             self._probe.add_done_callback(_retrieve)
-        done, _ = await asyncio.wait({self._probe}, timeout=self._probe_timeout_s)
+        probe = self._probe  # another check may start the next one while this one waits
+        done, _ = await asyncio.wait({probe}, timeout=self._probe_timeout_s)
         if not done:
             within = f"{self._probe_timeout_s:g} s"
             return Check("store", False, f"a write did not commit within {within} (is the write lock held?)")
-        error = None if self._probe.cancelled() else self._probe.exception()
-        if self._probe.cancelled() or error is not None:
+        error = None if probe.cancelled() else probe.exception()
+        if probe.cancelled() or error is not None:
             what = "cancelled" if error is None else f"{type(error).__name__}: {error}"
             return Check("store", False, f"a write failed: {what}"[:_DETAIL_MAX_CHARS])
         return Check("store", True, "a write committed")
