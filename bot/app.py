@@ -25,7 +25,12 @@ from discord.ext import commands
 
 from bot import i18n
 from bot.config import Settings
+from bot.gateway_metrics import GatewayGauges, interaction_labels
+from bot.loop_lag import LoopLagMonitor
+from bot.metrics import Metrics
+from bot.ops_server import OpsServer
 from bot.pipeline import Pipeline
+from bot.readiness import Readiness
 from bot.requests import RequestBuilder
 from bot.service import GenerationService
 from bot.storage.db import utc_now
@@ -92,6 +97,11 @@ class ImagineBot(commands.AutoShardedBot):
         self._wall_clock = wall_clock  # injectable: tests move midnight
         self._result_view: ViewFactory | None = None  # registered by the Results cog
         self._closed = asyncio.Event()  # set once close() is done: a pure worker's connect() returns
+        # this bot's own figures (a registry per instance); served only when METRICS_PORT is set
+        self.metrics = Metrics(wall_clock=wall_clock)
+        self.metrics.registry.register(GatewayGauges(self))
+        self.ops_server: OpsServer | None = None
+        self._loop_lag = LoopLagMonitor(self.metrics.loop_lag)
 
     @property
     def service(self) -> GenerationService:
@@ -122,16 +132,38 @@ class ImagineBot(commands.AutoShardedBot):
             return
         if self._result_view is None:
             raise RuntimeError("no result buttons: the cogs.results extension registers them when it loads")
+        if self.settings.metrics_port is not None:  # first: the probes answer while the store migrates
+            await self._start_ops_server(self.settings.metrics_port)
         self.pipeline = await Pipeline.open(
             self.settings,
             DiscordDelivery(self, self.result_view, utcnow=self._wall_clock),
             wall_clock=self._wall_clock,
+            metrics=self.metrics,
         )
         if self.settings.syncs_commands:
             await self.sync_commands()
         else:
             log.info("not syncing commands: the process that runs shard 0 does")
         await self.pipeline.service.start()  # resumes every unfinished job from the store
+
+    async def _start_ops_server(self, port: int) -> None:
+        readiness = Readiness(self.gateway_status, lambda: self.pipeline)
+        server = OpsServer(self.metrics, readiness, host=self.settings.metrics_host, port=port)
+        await server.start()
+        self.ops_server = server
+        self._loop_lag.start()
+
+    def gateway_status(self) -> tuple[bool, str]:
+        """Readiness of the Discord side: every shard of this process connected."""
+        if self.settings.pure_worker:
+            return True, "a pure worker: no gateway connection to hold"
+        if not self.is_ready() or self.is_closed():
+            return False, "not connected to Discord (starting, or stopped)"
+        shards = self.shards
+        closed = sorted(shard_id for shard_id, shard in shards.items() if shard.is_closed())
+        if closed:
+            return False, f"shard(s) {', '.join(map(str, closed))} disconnected (reconnecting)"
+        return True, f"connected: shard(s) {', '.join(map(str, sorted(shards)))}"
 
     async def sync_commands(self, *, force: bool = False) -> bool:
         """Sync to DEV_GUILD_ID at start, else globally only when the definitions changed."""
@@ -175,11 +207,13 @@ class ImagineBot(commands.AutoShardedBot):
         return (guild_id >> 22) % self.shard_count
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
+        shard = self.shard_of(interaction.guild_id)
+        self.metrics.interaction(shard, *interaction_labels(interaction))
         log.debug(
             "interaction %s from %s on shard %d",
             interaction.id,
             f"guild {interaction.guild_id}" if interaction.guild_id else "a DM",
-            self.shard_of(interaction.guild_id),
+            shard,
         )
 
     async def on_ready(self) -> None:
@@ -201,8 +235,14 @@ class ImagineBot(commands.AutoShardedBot):
                 # new requests are refused ("restarting") while running ones finish and deliver
                 await self.pipeline.close()
         finally:
-            await super().close()
-            self._closed.set()
+            try:
+                await super().close()
+            finally:
+                # last: /readyz says "stopping" while requests finish, and /livez answers until the end
+                await self._loop_lag.stop()
+                if self.ops_server is not None:
+                    await self.ops_server.stop()
+                self._closed.set()
 
 
 async def commands_digest(tree: discord.app_commands.CommandTree) -> str:

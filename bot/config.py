@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     #: the shards this process connects; None = all of SHARD_COUNT, () = none (a pure worker)
     shard_ids: ShardIds = None
 
+    # -- operating it: metrics and health probes ----------------------------------------------------
+    #: /metrics, /livez and /readyz on this port; None = off (no port bound); 0 = any free port
+    #: (the one bound is logged)
+    metrics_port: int | None = Field(None, ge=0, le=65_535)
+    #: loopback by default: the endpoints have no authentication, so exposing them is a choice
+    metrics_host: str = "127.0.0.1"
+
     # -- upstream limits ----------------------------------------------------------------------
     upstream_rpm: int = Field(60, ge=1, le=6000)
     upstream_concurrency: int = Field(2, ge=1, le=100)
@@ -179,10 +186,19 @@ class Settings(BaseSettings):
     def _lower_case(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("shard_count", mode="before")
+    @field_validator("shard_count", "metrics_port", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _a_host(cls, host: str) -> str:
+        """A name or an address to bind (IPv6 without brackets: `::1`), not a URL."""
+        host = host.strip()
+        if not host or any(ch.isspace() or ch in "/@[]" for ch in host):
+            raise ValueError(f"'{host}' is not a host name or an IP address such as 127.0.0.1, 0.0.0.0 or ::1")
+        return host
 
     @field_validator("shard_ids", mode="before")
     @classmethod

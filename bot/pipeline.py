@@ -22,6 +22,8 @@ from bot.imaging.client import ImageClient
 from bot.imaging.download import ImageFetcher
 from bot.imaging.retry import RetryPolicy
 from bot.limiter import UpstreamLimiter
+from bot.metrics import Metrics
+from bot.queue_gauges import QueueGauges
 from bot.service import GenerationService
 from bot.status import StatusReader
 from bot.storage.connect import open_store
@@ -47,6 +49,8 @@ class Pipeline:
     admin: GuildAdmin
     budget: SharedBudget
     status: StatusReader
+    limiter: UpstreamLimiter
+    metrics: Metrics
 
     @property
     def jobs(self) -> JobStore:
@@ -62,11 +66,14 @@ class Pipeline:
         wall_clock: Callable[[], datetime] = utc_now,
         max_requeues: int = 5,
         claims: bool = True,
+        metrics: Metrics | None = None,
     ) -> Pipeline:
         """`claims`: on a shared store (PostgreSQL), take jobs from the shared queue as every bot
-        process does; False (the CLI) runs only this process's own jobs, under the shared budget."""
+        process does; False (the CLI) runs only this process's own jobs, under the shared budget.
+        `metrics`: where the figures are counted (the bot's, which it serves); else a private one."""
         settings.require("NEBULA_API_KEY")
         clock = clock or SystemClock()
+        metrics = metrics or Metrics(wall_clock=wall_clock)
         store = await open_store(settings.database_url, clock=wall_clock)
         try:
             # One upstream budget for every process on this store (the bot, the CLI beside it):
@@ -96,6 +103,7 @@ class Pipeline:
                 ),
                 shape=settings.image_request_shape,
                 on_attempt=health.record_attempt,
+                metrics=metrics,
             )
             fetcher = ImageFetcher(
                 http,
@@ -139,6 +147,7 @@ class Pipeline:
                 store=store,
                 cache=cache,
                 shared_queue=shared_queue,
+                metrics=metrics,
             )
             status = StatusReader(
                 settings=settings,
@@ -149,6 +158,14 @@ class Pipeline:
                 health=health,
                 shared_queue=shared_queue is not None,
             )
+            gauges = QueueGauges(
+                service.jobs,
+                running=lambda: service.scheduler.running_count,
+                pause_remaining=limiter.pause_remaining,
+                wall_clock=wall_clock,
+            )
+            metrics.registry.register(gauges)
+            metrics.on_scrape(gauges.refresh)
         except BaseException:
             await http.aclose()
             await budget.close()
@@ -162,6 +179,8 @@ class Pipeline:
             admin=GuildAdmin(store, gatekeeper),
             budget=budget,
             status=status,
+            limiter=limiter,
+            metrics=metrics,
         )
 
     async def close(self, grace_s: float | None = None) -> None:

@@ -27,6 +27,7 @@ from bot.imaging.errors import ContentRejected, ImageDownloadError, RateLimited,
 from bot.imaging.models import ImageRequest
 from bot.limiter import Gate
 from bot.log_fields import job_fields, latency_ms
+from bot.metrics import Metrics
 from bot.modlog import ModerationLog, excerpt
 from bot.requests import params_of
 from bot.scheduler import QueueItem
@@ -61,8 +62,10 @@ class JobRunner:
         gatekeeper: Gatekeeper | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_requeues: int = 5,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics or Metrics()
         self.jobs = jobs
         self._images = images
         self._client = client
@@ -132,13 +135,15 @@ class JobRunner:
         image = response.first
         # The URL and request id are durable before anything else happens: from here on a restart
         # re-fetches and re-delivers, and never pays for a second generation.
-        await self.jobs.mark_generated(
+        billed = self._settings.price_per_image_fen
+        if await self.jobs.mark_generated(
             job.id,
             request_id=response.request_id,
             image_url=image.url,
             revised_prompt=image.revised_prompt,
-            upstream_fen=self._settings.price_per_image_fen,
-        )
+            upstream_fen=billed,
+        ):
+            self._metrics.upstream_billed(billed)
         if not image.url:
             try:
                 inline = await asyncio.to_thread(
@@ -177,6 +182,7 @@ class JobRunner:
         else:
             delivered = await self.jobs.mark_delivered(job.id, cost_fen=cost_fen)
         if delivered:
+            self._metrics.job_delivered(job, cost_fen)  # counted as the ledger charges it: once
             log.info(
                 "job %s delivered%s",
                 job.id,
@@ -310,6 +316,7 @@ class JobRunner:
         ):  # it finished meanwhile
             self._finish(job.id)
             return
+        self._metrics.job_failed(job.command, error)
         if job.image_sha256:
             await self._release_image(job.image_sha256)
         for follower in self._sharing.land(job.id):  # identical requests waiting on this one fail alike

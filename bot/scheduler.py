@@ -231,6 +231,16 @@ class Scheduler:
         return self._failures < self._unhealthy_after
 
     @property
+    def dispatching(self) -> bool:
+        """Whether the dispatch loop is there to start jobs: started, not stopped, not ended."""
+        return self._task is not None and not self._task.done() and not self._stopping
+
+    @property
+    def running_count(self) -> int:
+        """Jobs this process is running now."""
+        return len(self._running)
+
+    @property
     def last_error(self) -> BaseException | None:
         """The dispatch loop's most recent failure, if any (kept after recovery, for diagnosis)."""
         return self._last_error

@@ -40,6 +40,7 @@ from bot.i18n import Number, Text
 from bot.imaging.client import ImageClient
 from bot.imaging.download import ImageFetcher
 from bot.limiter import UpstreamLimiter
+from bot.metrics import Metrics
 from bot.modlog import ModerationLog, excerpt
 from bot.presets import field_name
 from bot.requests import GenerationRequest
@@ -56,6 +57,8 @@ from bot.storage.shared_queue import Reclaimed, SharedQueue
 
 log = logging.getLogger("imagine.service")
 
+#: the ledger's error_code of a job withdrawn because its interaction could not be acknowledged
+NOT_ACKNOWLEDGED = "NotAcknowledged"
 #: how often wait() asks the store whether another process finished the job (shared queue)
 WAIT_POLL_S = 0.25
 #: queue positions are published this long after a change (changes in between are coalesced)
@@ -83,8 +86,10 @@ class GenerationService:
         store: Store | None = None,
         cache: ResultCache | None = None,
         shared_queue: SharedQueue | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
+        self.metrics = metrics or Metrics()
         self.jobs = jobs
         self._delivery = delivery
         self._gate = gatekeeper
@@ -107,6 +112,7 @@ class GenerationService:
             gatekeeper=gatekeeper,
             sleep=sleep,
             max_requeues=max_requeues,
+            metrics=self.metrics,
         )
         clock = clock or SystemClock()
         # A shared queue (PostgreSQL): any process may run any job, claimed from the store; else
@@ -152,6 +158,11 @@ class GenerationService:
         self.scheduler.force()
         for task in list(self.background.tasks):
             task.cancel()
+
+    @property
+    def accepting(self) -> bool:
+        """False once stopping: new requests are refused."""
+        return not self._stopping
 
     async def resume(self) -> int:
         """Pick up every unfinished job from the store (after a restart). Returns how many.
@@ -204,8 +215,10 @@ class GenerationService:
         refusal can be the interaction's one and only (private) response.
         """
         if self._stopping:
+            self.metrics.request_refused(request.command, "shutting_down")
             raise ShuttingDown(Text("error.restarting"))
         if not self.scheduler.healthy:  # jobs would only wait in a queue nothing takes from
+            self.metrics.request_refused(request.command, "stalled")
             raise LimitReached(messages.STALLED, limit="stalled")
         job_id = job_id if job_id is not None else new_local_id()
         if await self.jobs.get(job_id) is not None:
@@ -218,6 +231,7 @@ class GenerationService:
             async with self.sharing.choose(key) as choice:
                 return await self._admit(request, who, job_id, deadline_s, reply, acknowledge, choice)
         except LimitReached as refusal:
+            self.metrics.request_refused(request.command, refusal.limit)
             self.background.spawn(self._refused(who, request, refusal))  # the user's answer goes first
             raise
 
@@ -261,7 +275,7 @@ class GenerationService:
                 self.scheduler.cancel(reservation)
             return Ticket(job_id, replayed=True, locate=self._locate(job_id))
         if acknowledge is not None:
-            await self._acknowledge(job_id, acknowledge, reservation)
+            await self._acknowledge(job_id, request.command, acknowledge, reservation)
         ticket = await self._activate(job_id, reservation, choice)
         how = "answered from the cache" if choice.hit is not None else "following an identical request"
         log.info(
@@ -286,7 +300,9 @@ class GenerationService:
         cooldown = Cooldown(f"{who.guild_id}:{who.user_id}", self._gate.now_ms(), cooldown_ms) if cooldown_ms else None
         return charges, cooldown
 
-    async def _acknowledge(self, job_id: int, acknowledge: Acknowledge, reservation: Reservation | None) -> None:
+    async def _acknowledge(
+        self, job_id: int, command: str, acknowledge: Acknowledge, reservation: Reservation | None
+    ) -> None:
         """The accepted job's public acknowledgement; if it cannot be made, the job is withdrawn."""
         try:
             message_id = await acknowledge()
@@ -294,11 +310,7 @@ class GenerationService:
             if reservation is not None:
                 self.scheduler.cancel(reservation)
             # the user never saw the job: give back what it reserved, and stop here
-            await asyncio.shield(
-                self.jobs.mark_failed(
-                    job_id, error_code="NotAcknowledged", error_message="the request could not be acknowledged"
-                )
-            )
+            await asyncio.shield(self._withdraw(job_id, command))
             log.warning("job %s withdrawn: the interaction could not be acknowledged", job_id)
             raise
         if message_id is not None:
@@ -306,6 +318,12 @@ class GenerationService:
                 await self.jobs.set_message_id(job_id, message_id)
             except Exception:  # not fatal: without it the result is posted in the channel
                 log.exception("job %s: could not record its reply message", job_id)
+
+    async def _withdraw(self, job_id: int, command: str) -> None:
+        if await self.jobs.mark_failed(
+            job_id, error_code=NOT_ACKNOWLEDGED, error_message="the request could not be acknowledged"
+        ):
+            self.metrics.job_failed(command, NOT_ACKNOWLEDGED)
 
     async def _activate(self, job_id: int, reservation: Reservation | None, choice: Choice) -> Ticket:
         """The accepted, acknowledged job starts moving: delivered from the cache, following its

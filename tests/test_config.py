@@ -62,6 +62,10 @@ def test_secrets_do_not_print() -> None:
         ("DATABASE_URL", "mysql://x", "DATABASE_URL is invalid"),
         ("PRICE_PER_IMAGE_CNY", "-1", "PRICE_PER_IMAGE_CNY is invalid"),
         ("LOG_FORMAT", "xml", "LOG_FORMAT is invalid"),
+        ("METRICS_PORT", "http", "METRICS_PORT is invalid"),
+        ("METRICS_PORT", "65536", "METRICS_PORT is invalid"),
+        ("METRICS_HOST", "http://0.0.0.0", "METRICS_HOST is invalid: 'http://0.0.0.0' is not a host name"),
+        ("METRICS_HOST", " ", "METRICS_HOST is invalid"),
     ],
 )
 def test_invalid_value_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str) -> None:
@@ -77,6 +81,16 @@ def test_log_format_is_text_by_default_and_json_on_request(monkeypatch: pytest.M
     assert load_settings(_env_file=None).log_format == "text"
     monkeypatch.setenv("LOG_FORMAT", " JSON ")
     assert load_settings(_env_file=None).log_format == "json"
+
+
+def test_metrics_are_off_by_default_and_loopback_when_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(_env_file=None)
+    assert (settings.metrics_port, settings.metrics_host) == (None, "127.0.0.1")
+    monkeypatch.setenv("METRICS_PORT", "")  # blank, as .env.example leaves it: still off
+    assert load_settings(_env_file=None).metrics_port is None
+    monkeypatch.setenv("METRICS_PORT", "9464")
+    monkeypatch.setenv("METRICS_HOST", "::")
+    assert (load_settings(_env_file=None).metrics_port, load_settings(_env_file=None).metrics_host) == (9464, "::")
 
 
 @pytest.mark.parametrize("name", ["NEBULA_API_KEY", "DISCORD_TOKEN"])

@@ -32,6 +32,7 @@ from bot.imaging.errors import (
 )
 from bot.imaging.models import ImageRequest, ImageResponse, RequestShape
 from bot.imaging.retry import RetryPolicy, parse_retry_after, retry_delay, should_retry
+from bot.metrics import Metrics
 
 log = logging.getLogger("imagine.imaging")
 
@@ -122,9 +123,11 @@ class ImageClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         on_attempt: Callable[[UpstreamError | None], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """`on_attempt`: told how each attempt ended, None for an answer, else its error."""
         self._http = http
+        self._metrics = metrics or Metrics()
         self._url = base_url.rstrip("/") + "/images/generations"
         self._api_key = api_key
         self._timeout_s = timeout_s
@@ -143,7 +146,8 @@ class ImageClient:
         while True:
             try:
                 async with gate.attempt() as stamp:
-                    response = await self._attempt(request, stamp)
+                    with self._metrics.upstream_attempt():  # in flight, timed, 429s counted
+                        response = await self._attempt(request, stamp)
             except UpstreamError as error:
                 self._attempted(error)
                 if not should_retry(error, retries, self._policy):

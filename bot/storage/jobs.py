@@ -225,6 +225,15 @@ class JobStore:
         )
         return [Job.from_row(row) for row in rows]
 
+    async def waiting(self) -> tuple[int, str | None]:
+        """Bot jobs admitted and not started yet (waiting for an upstream slot, or for an identical
+        request in flight): how many, and when the oldest was admitted. On PostgreSQL, every process's."""
+        row = await self._store.fetch_one(
+            "SELECT COUNT(*) AS waiting, MIN(queued_at) AS oldest FROM jobs"
+            " WHERE state = 'queued' AND guild_id IS NOT NULL"
+        )
+        return (int(row["waiting"]), row["oldest"]) if row else (0, None)
+
     async def add_charges(self, job_id: int, charges: list[Charge]) -> None:
         """Reserve more for a job (all or nothing; QuotaExceeded changes nothing)."""
         async with self._store.transaction() as db:
