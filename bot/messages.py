@@ -47,8 +47,18 @@ def _sentence(error: BaseException) -> str:
     if isinstance(error, MalformedResponse):
         return Text("error.malformed")
     if isinstance(error, ImagineError):
-        return Text("error.generic", message=error.message)
+        return _not_charged(error.message)
     return Text("error.ours")
+
+
+def _not_charged(message: str) -> str:
+    """The error's own words, saying once that nothing was charged: a message that says so
+    already is left as it is, a complete sentence gets a sentence after it, a phrase a full stop."""
+    if NOT_CHARGED in message:  # a Text is its English sentence: the test holds in every locale
+        return message
+    if message.rstrip().endswith((".", "!", "?", "。", "！", "？")):
+        return Text("error.sentence", message=message)
+    return Text("error.generic", message=message)
 
 
 def operator_hint(error: BaseException) -> str | None:
