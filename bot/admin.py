@@ -192,6 +192,17 @@ class GuildAdmin:
         key = "admin.channel_allowed" if allowed else "admin.channel_disallowed"
         return Text(key, actor=actor, channel=channel_id, scope=scope)
 
+    async def require_spoiler(self, guild_id: int, actor: int, channel_id: int, required: bool) -> str:
+        await self._guilds.require_spoiler(guild_id, channel_id, required, actor=actor)  # one statement
+        self._gate.forget(guild_id)
+        key = "admin.spoiler_required" if required else "admin.spoiler_optional"
+        return Text(key, actor=actor, channel=channel_id)
+
+    async def set_private(self, guild_id: int, actor: int, allowed: bool) -> str:
+        await self._guilds.update_overrides(guild_id, {"private_allowed": allowed}, actor=actor)
+        self._gate.forget(guild_id)
+        return Text("admin.private_allowed" if allowed else "admin.private_forbidden", actor=actor)
+
     async def set_log_channel(self, guild_id: int, actor: int, channel_id: int | None) -> str:
         if channel_id is None:
             await self._guilds.update_overrides(guild_id, {}, actor=actor, remove=("log_channel_id",))

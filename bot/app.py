@@ -40,7 +40,7 @@ from bot.ui.delivery import DiscordDelivery, ViewFactory
 
 log = logging.getLogger("imagine.app")
 
-EXTENSIONS = ("cogs.imagine", "cogs.results", "cogs.admin")
+EXTENSIONS = ("cogs.imagine", "cogs.results", "cogs.admin", "cogs.personal")
 COMMANDS_DIGEST_KEY = "commands_digest"
 
 

@@ -32,6 +32,11 @@ class DeliveryError(Exception):
         self.retryable = retryable
 
 
+class PrivateReplyClosed(ImagineError):
+    """A private result whose reply window closed first: it is never posted in the channel, so the
+    delivery is not retried and the job fails (uncharged) with this sentence, told to the requester by DM."""
+
+
 class JobInterrupted(ImagineError):
     """The bot stopped mid-request twice: the job is not submitted a third time."""
 
@@ -51,7 +56,9 @@ class Delivery(Protocol):
 
     async def started(self, job: Job) -> None: ...
 
-    async def deliver(self, job: Job, image: DownloadedImage) -> None: ...
+    async def deliver(self, job: Job, image: DownloadedImage) -> int | None:
+        """Show the image; the id of the message that carries it, when there is one."""
+        ...
 
     async def failed(self, job: Job, error: BaseException) -> None: ...
 

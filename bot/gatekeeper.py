@@ -129,6 +129,14 @@ class Gatekeeper:
             if match is not None:
                 raise RuleRefusal(match)
 
+    async def presentation(self, guild_id: int, channel_id: int | None, *, private: bool, spoiler: bool) -> bool:
+        """How the result may be shown: refuses a private request where the server forbids it
+        (Refused, before any charge); returns whether the image is a spoiler (asked, or the channel's rule)."""
+        policy = await self.policy(guild_id)
+        if private and not policy.private_allowed:
+            raise Refused(Text("refusal.private_forbidden"), limit="private")
+        return spoiler or channel_id in policy.spoiler_channels
+
     # -- limits -----------------------------------------------------------------------------------
     async def charges(self, guild_id: int, user_id: int, role_ids: tuple[int, ...]) -> tuple[list[Charge], int]:
         """The counters one image must fit in (with limits), and the cooldown in ms."""

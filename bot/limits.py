@@ -39,6 +39,8 @@ class GuildPolicy:
     log_channel_id: int | None = None
     cache_enabled: bool = True
     cache_counts_toward_limits: bool = False
+    private_allowed: bool = True  # whether members may ask for private (ephemeral) results
+    spoiler_channels: frozenset[int] = frozenset()  # channels where every image is posted as a spoiler
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> GuildPolicy:
         """Apply a guild's stored changes (JSON) over the defaults; unknown keys are ignored."""
@@ -54,6 +56,8 @@ class GuildPolicy:
             }
         if "allowed_channels" in values:
             values["allowed_channels"] = frozenset(int(c) for c in values["allowed_channels"])
+        if "spoiler_channels" in values:
+            values["spoiler_channels"] = frozenset(int(c) for c in values["spoiler_channels"])
         return replace(self, **values)
 
     def channel_allowed(self, channel_id: int | None) -> bool:

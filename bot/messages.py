@@ -72,3 +72,4 @@ def operator_hint(error: BaseException) -> str | None:
 
 INTERRUPTED = Text("error.interrupted")
 DELIVERY_FAILED = Text("error.delivery_failed")
+PRIVATE_REPLY_CLOSED = Text("error.private_reply_closed")

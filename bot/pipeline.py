@@ -33,6 +33,7 @@ from bot.storage.images import ImageStore
 from bot.storage.jobs import JobStore
 from bot.storage.shared_queue import SharedQueue
 from bot.storage.upstream import SharedBudget
+from bot.storage.user_settings import UserSettingsStore
 from bot.upstream_health import UpstreamHealth
 
 #: a start held back by the rate windows is granted this much ahead (its request still leaves when
@@ -51,6 +52,7 @@ class Pipeline:
     status: StatusReader
     limiter: UpstreamLimiter
     metrics: Metrics
+    user_settings: UserSettingsStore  # personal defaults (/settings)
 
     @property
     def jobs(self) -> JobStore:
@@ -181,6 +183,7 @@ class Pipeline:
             status=status,
             limiter=limiter,
             metrics=metrics,
+            user_settings=UserSettingsStore(store),
         )
 
     async def close(self, grace_s: float | None = None) -> None:

@@ -15,6 +15,7 @@ from bot.errors import InvalidInput
 from bot.i18n import Text, items
 from bot.presets import ImageParams
 from bot.storage.jobs import Job
+from bot.storage.user_settings import NO_DEFAULTS, UserDefaults
 
 POSTER_DEFAULT_STYLE = "poster"  # 928*1664, as the spec's poster scenario
 COUPLET_STYLE = "couplet"  # 1140*1472, as the spec's couplet scenario
@@ -28,6 +29,36 @@ class GenerationRequest:
     model: str
     inputs: Mapping[str, Any] = field(default_factory=dict)  # the command's own fields, for details/reroll
     reroll_of: int | None = None
+    private: bool = False  # an ephemeral result only the requester sees
+    spoiler: bool = False  # posted as a spoiler (a server may also require it in a channel)
+    #: where each resolved value came from: "option", "yours" (/settings), "style" or "server"
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+
+#: the values a user's /settings can fill in, and where each one may otherwise come from
+SOURCE_OPTION, SOURCE_YOURS, SOURCE_STYLE, SOURCE_SERVER = "option", "yours", "style", "server"
+
+
+def _pick(explicit: Any, default: Any) -> tuple[Any, str | None]:
+    """An explicit option wins over the user's default; (value, source) or (None, None) for neither."""
+    if explicit is not None:
+        return explicit, SOURCE_OPTION
+    if default is not None:
+        return default, SOURCE_YOURS
+    return None, None
+
+
+def _sources(params: ImageParams, picked: dict[str, str | None], style_size: bool) -> dict[str, str]:
+    """Each value's source: the option or your default when one was picked, else the style's
+    (size only if the style fixes one) or the server's default."""
+    fallback = {
+        "style": SOURCE_SERVER,
+        "size": SOURCE_STYLE if style_size else SOURCE_SERVER,
+        "prompt_extend": SOURCE_STYLE,
+        "watermark": SOURCE_STYLE,
+        "private": SOURCE_SERVER,
+    }
+    return {name: picked.get(name) or fallback[name] for name in fallback}
 
 
 class RequestBuilder:
@@ -44,7 +75,17 @@ class RequestBuilder:
         prompt_extend: bool | None = None,
         watermark: bool | None = None,
         command: str = "imagine",
+        private: bool | None = None,
+        spoiler: bool | None = None,
+        defaults: UserDefaults = NO_DEFAULTS,
     ) -> GenerationRequest:
+        """`defaults`: the user's /settings, below every explicit option and above the style's."""
+        picked: dict[str, str | None] = {}
+        style, picked["style"] = _pick(style, defaults.style)
+        size, picked["size"] = _pick(size, defaults.size)
+        prompt_extend, picked["prompt_extend"] = _pick(prompt_extend, defaults.prompt_extend)
+        watermark, picked["watermark"] = _pick(watermark, defaults.watermark)
+        private, picked["private"] = _pick(private, defaults.private)
         params = self._resolve(
             prompt,
             style=style,
@@ -53,7 +94,14 @@ class RequestBuilder:
             prompt_extend=prompt_extend,
             watermark=watermark,
         )
-        return GenerationRequest(command=command, params=params, model=self._settings.image_model)
+        return GenerationRequest(
+            command=command,
+            params=params,
+            model=self._settings.image_model,
+            private=bool(private),
+            spoiler=bool(spoiler),
+            sources=_sources(params, picked, presets.get_style(params.style).size is not None),
+        )
 
     def poster(
         self,
@@ -65,6 +113,9 @@ class RequestBuilder:
         style: str | None = None,
         watermark: bool | None = None,
         language: str | None = None,
+        private: bool | None = None,
+        spoiler: bool | None = None,
+        defaults: UserDefaults = NO_DEFAULTS,
     ) -> GenerationRequest:
         """A poster; `language` ("en"/"zh", default: the title's) is the language of the prompt.
 
@@ -73,13 +124,33 @@ class RequestBuilder:
         """
         if style is not None and presets.get_style(style).name not in POSTER_STYLES:
             raise InvalidInput(Text("input.style_unknown", value=style, choices=items(POSTER_STYLES)), field="style")
+        # a default style that is not a poster style is left out: a poster keeps its own scenario
+        poster_default = defaults.style if defaults.style and defaults.style.strip().lower() in POSTER_STYLES else None
+        picked: dict[str, str | None] = {}
+        style, picked["style"] = _pick(style, poster_default)
+        size, picked["size"] = _pick(size, defaults.size)
+        watermark, picked["watermark"] = _pick(watermark, defaults.watermark)
+        private, picked["private"] = _pick(private, defaults.private)
         prompt = presets.poster_prompt(title, subtitle, background, language=language)
         exact = False if language is not None else None
+        if exact is not None:
+            picked["prompt_extend"] = SOURCE_OPTION  # naming the language turns rewriting off
         params = self._resolve(
             prompt, style=style or POSTER_DEFAULT_STYLE, size=size, watermark=watermark, prompt_extend=exact
         )
         inputs = _present(title=title, subtitle=subtitle, background=background, language=language)
-        return GenerationRequest(command="poster", params=params, model=self._settings.image_model, inputs=inputs)
+        sources = _sources(params, picked, presets.get_style(params.style).size is not None)
+        if picked["style"] is None:
+            sources["style"] = SOURCE_STYLE  # the poster's own scenario
+        return GenerationRequest(
+            command="poster",
+            params=params,
+            model=self._settings.image_model,
+            inputs=inputs,
+            private=bool(private),
+            spoiler=bool(spoiler),
+            sources=sources,
+        )
 
     def couplet(
         self,
@@ -90,16 +161,41 @@ class RequestBuilder:
         font: str | None = None,
         *,
         size: str | None = None,
+        private: bool | None = None,
+        spoiler: bool | None = None,
+        defaults: UserDefaults = NO_DEFAULTS,
     ) -> GenerationRequest:
+        """A couplet is always in the couplet scenario: of the user's defaults only size and private apply."""
+        picked: dict[str, str | None] = {}
+        size, picked["size"] = _pick(size, defaults.size)
+        private, picked["private"] = _pick(private, defaults.private)
         prompt = presets.couplet_prompt(left, right, horizontal, background, font)
         params = self._resolve(prompt, style=COUPLET_STYLE, size=size)
         inputs = _present(left=left, right=right, horizontal=horizontal, background=background, font=font)
-        return GenerationRequest(command="couplet", params=params, model=self._settings.image_model, inputs=inputs)
+        sources = _sources(params, picked, style_size=True)
+        sources["style"] = SOURCE_STYLE
+        return GenerationRequest(
+            command="couplet",
+            params=params,
+            model=self._settings.image_model,
+            inputs=inputs,
+            private=bool(private),
+            spoiler=bool(spoiler),
+            sources=sources,
+        )
 
     def reroll(self, job: Job) -> GenerationRequest:
-        """The same parameters again, as a new job (a new image, charged again)."""
+        """The same parameters again, as a new job (a new image, charged again); a private result's
+        reroll stays private, a spoiler stays a spoiler."""
         return GenerationRequest(
-            command="reroll", params=params_of(job), model=job.model, inputs=dict(job.inputs), reroll_of=job.id
+            command="reroll",
+            params=params_of(job),
+            model=job.model,
+            inputs=dict(job.inputs),
+            reroll_of=job.id,
+            private=job.private,
+            spoiler=job.spoiler,
+            sources=dict(job.sources),
         )
 
     def _resolve(self, prompt: str, **choices: Any) -> ImageParams:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from bot import messages
 from bot.background import Background
 from bot.config import Settings
-from bot.contracts import Delivery, DeliveryError, ImageLost
+from bot.contracts import Delivery, DeliveryError, ImageLost, PrivateReplyClosed
 from bot.errors import ImagineError
 from bot.gatekeeper import Gatekeeper
 from bot.i18n import Text
@@ -163,24 +163,33 @@ class JobRunner:
             return
         if not job.cache_hit:
             await self._share(job, image, sha256)
+        result_message_id: int | None = None
         for attempt in range(self.DELIVERY_RETRIES + 1):
             try:
-                await self._delivery.deliver(job, image)
+                result_message_id = await self._delivery.deliver(job, image)
                 break
             except Exception as exc:  # a bug on our side of the delivery is retried like Discord's 5xx
-                if not isinstance(exc, DeliveryError):
+                if not isinstance(exc, DeliveryError | PrivateReplyClosed):
                     log.exception("job %s: unexpected error while delivering", job.id)
-                if (isinstance(exc, DeliveryError) and not exc.retryable) or attempt == self.DELIVERY_RETRIES:
+                final = isinstance(exc, PrivateReplyClosed) or (isinstance(exc, DeliveryError) and not exc.retryable)
+                if final or attempt == self.DELIVERY_RETRIES:
                     log.warning("job %s: delivery failed for good: %s", job.id, exc)
-                    await self.fail(job, ImagineError(messages.DELIVERY_FAILED))
+                    # a private result's closed window says so itself; anything else is a failed delivery
+                    error = exc if isinstance(exc, PrivateReplyClosed) else ImagineError(messages.DELIVERY_FAILED)
+                    await self.fail(job, error)
                     return
                 log.warning("job %s: delivery failed (%s); retrying from the stored image", job.id, exc)
                 await self._sleep(0.5 * 2**attempt)
         cost_fen = 0 if job.cache_hit else self._settings.price_per_image_fen
         if job.cache_hit:
-            delivered = await self.jobs.mark_delivered(job.id, cost_fen=0, refund_scopes=await self._hit_refunds(job))
+            delivered = await self.jobs.mark_delivered(
+                job.id,
+                cost_fen=0,
+                refund_scopes=await self._hit_refunds(job),
+                result_message_id=result_message_id,
+            )
         else:
-            delivered = await self.jobs.mark_delivered(job.id, cost_fen=cost_fen)
+            delivered = await self.jobs.mark_delivered(job.id, cost_fen=cost_fen, result_message_id=result_message_id)
         if delivered:
             self._metrics.job_delivered(job, cost_fen)  # counted as the ledger charges it: once
             log.info(

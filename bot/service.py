@@ -14,6 +14,7 @@ at most once (the only way to pay for an image twice), and only re-delivers gene
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -245,6 +246,11 @@ class GenerationService:
         acknowledge: Acknowledge | None,
         choice: Choice,
     ) -> Ticket:
+        if self._gate is not None and who.guild_id is not None:  # a forbidden private request is refused here
+            spoiler = await self._gate.presentation(
+                who.guild_id, who.channel_id, private=request.private, spoiler=request.spoiler
+            )
+            request = dataclasses.replace(request, spoiler=spoiler)
         charges, cooldown = await self._limits(request, who, choice)
         reservation = None
         if not choice.free:  # cache hits and followers make no upstream call: no queue slot
@@ -508,6 +514,9 @@ def _new_job(job_id: int, request: GenerationRequest, who: Requester, reply: Rep
         token_expires_at=iso(reply.expires_at) if reply else None,
         locale=who.locale,
         guild_locale=who.guild_locale,
+        private=request.private,
+        spoiler=request.spoiler,
+        sources=dict(request.sources),
     )
 
 

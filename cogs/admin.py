@@ -215,7 +215,25 @@ class Admin(commands.Cog):
         locale = flow.locale_of(interaction)
         channels = [f"<#{c}>" for c in sorted(policy.allowed_channels)]
         listed = t(locale, "channels.listed", channels=items(channels)) if channels else t(locale, "channels.every")
+        if policy.spoiler_channels:
+            spoilers = items(f"<#{c}>" for c in sorted(policy.spoiler_channels))
+            listed += "\n" + t(locale, "channels.spoilers", channels=spoilers)
         await _answer(interaction, content=listed)
+
+    @channels.command(name="spoiler", description="Post every image made in a channel as a spoiler (or stop)")
+    @app_commands.describe(channel="The channel", required="Whether images there are always spoilers")
+    async def channels_spoiler(
+        self, interaction: discord.Interaction, channel: discord.TextChannel, required: bool = True
+    ) -> None:
+        text = await self._admin.require_spoiler(interaction.guild_id, interaction.user.id, channel.id, required)
+        await self._changed(interaction, text)
+
+    @admin.command(name="private", description="Whether members may ask for private results only they see")
+    @app_commands.describe(allowed="Allow the private option on /imagine, /poster and /couplet")
+    async def private(self, interaction: discord.Interaction, allowed: bool) -> None:
+        await self._changed(
+            interaction, await self._admin.set_private(interaction.guild_id, interaction.user.id, allowed)
+        )
 
     @admin.command(name="log-channel", description="Where refusals, blocks and changes are posted (empty: off)")
     @app_commands.describe(channel="The moderation log channel (empty: no log)")

@@ -17,6 +17,7 @@ from discord.ext import commands
 
 from bot import presets
 from bot.requests import POSTER_STYLES, GenerationRequest
+from bot.storage.user_settings import UserDefaults
 from bot.ui import flow, render, render_admin, suggest
 
 if TYPE_CHECKING:
@@ -40,6 +41,11 @@ def _value(choice: Choice[str] | None) -> str | None:
 class Imagine(commands.Cog):
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
+
+    async def _defaults(self, interaction: discord.Interaction) -> UserDefaults:
+        """The requester's /settings: below every option they give, above the style's and the server's."""
+        assert self.bot.pipeline is not None
+        return await self.bot.pipeline.user_settings.get(interaction.user.id)
 
     async def _start(self, interaction: discord.Interaction, request: GenerationRequest) -> None:
         await flow.start(self.bot.service, interaction, request)  # a refusal raises: the tree answers privately
@@ -68,6 +74,8 @@ class Imagine(commands.Cog):
         negative_prompt="What to keep out of the image",
         prompt_extend="Let the service expand a short prompt (style decides by default)",
         watermark="Add the provider's watermark (style decides by default)",
+        private="Only you see the result (the server may turn this off)",
+        spoiler="Post the image as a spoiler",
     )
     @app_commands.choices(size=SIZE_CHOICES)
     @app_commands.autocomplete(style=_styles, negative_prompt=_negative_prompts)
@@ -80,6 +88,8 @@ class Imagine(commands.Cog):
         negative_prompt: Range[str, 0, 500] | None = None,
         prompt_extend: bool | None = None,
         watermark: bool | None = None,
+        private: bool | None = None,
+        spoiler: bool | None = None,
     ) -> None:
         request = self.bot.requests.imagine(
             prompt,
@@ -88,6 +98,9 @@ class Imagine(commands.Cog):
             negative_prompt=negative_prompt,
             prompt_extend=prompt_extend,
             watermark=watermark,
+            private=private,
+            spoiler=spoiler,
+            defaults=await self._defaults(interaction),
         )
         await self._start(interaction, request)
 
@@ -100,6 +113,8 @@ class Imagine(commands.Cog):
         style="A preset scenario (default: poster design)",
         watermark="Add the provider's watermark",
         language="The language of the poster's text (default: the title's); the text is kept exactly as written",
+        private="Only you see the result (the server may turn this off)",
+        spoiler="Post the image as a spoiler",
     )
     @app_commands.choices(size=SIZE_CHOICES, language=LANGUAGE_CHOICES)
     @app_commands.autocomplete(style=_poster_styles)
@@ -113,6 +128,8 @@ class Imagine(commands.Cog):
         style: Range[str, 1, 100] | None = None,
         watermark: bool | None = None,
         language: Choice[str] | None = None,
+        private: bool | None = None,
+        spoiler: bool | None = None,
     ) -> None:
         request = self.bot.requests.poster(
             title,
@@ -122,6 +139,9 @@ class Imagine(commands.Cog):
             style=style,
             watermark=watermark,
             language=_value(language),
+            private=private,
+            spoiler=spoiler,
+            defaults=await self._defaults(interaction),
         )
         await self._start(interaction, request)
 
@@ -133,6 +153,8 @@ class Imagine(commands.Cog):
         background="The background (default: red Xuan paper)",
         font="The calligraphy (default: regular script in gold)",
         size="Image size (default 3:4 portrait)",
+        private="Only you see the result (the server may turn this off)",
+        spoiler="Post the image as a spoiler",
     )
     @app_commands.choices(size=SIZE_CHOICES)
     async def couplet(
@@ -144,8 +166,20 @@ class Imagine(commands.Cog):
         background: Range[str, 1, FIELD] | None = None,
         font: Range[str, 1, FIELD] | None = None,
         size: Choice[str] | None = None,
+        private: bool | None = None,
+        spoiler: bool | None = None,
     ) -> None:
-        request = self.bot.requests.couplet(left, right, horizontal, background, font, size=_value(size))
+        request = self.bot.requests.couplet(
+            left,
+            right,
+            horizontal,
+            background,
+            font,
+            size=_value(size),
+            private=private,
+            spoiler=spoiler,
+            defaults=await self._defaults(interaction),
+        )
         await self._start(interaction, request)
 
     @app_commands.command(name="queue", description="This server's queue: running, waiting, your place")

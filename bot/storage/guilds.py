@@ -13,7 +13,11 @@ from typing import Any
 from bot.moderation import Rule, RuleKind
 from bot.storage.db import Store
 
-COLLECTIONS = ("allowed_channels", "role_limits")  # overrides kept in their own tables, one row per item
+COLLECTIONS = (
+    "allowed_channels",
+    "role_limits",
+    "spoiler_channels",
+)  # overrides kept in their own tables, one row per item
 
 Fetch = Callable[[str, Sequence[Any]], Awaitable[Iterable[Any]]]
 
@@ -116,6 +120,22 @@ class GuildStore:
             channels = await _allowed_channels(db.execute_fetchall, guild_id)
             # the audit keeps its shape: the resulting list, as when the list was one JSON value
             await self._audit(db, guild_id, actor, "settings", {"set": {"allowed_channels": channels}, "removed": []})
+        return channels
+
+    async def require_spoiler(self, guild_id: int, channel_id: int, required: bool, *, actor: int) -> list[int]:
+        """Add (or remove) one channel where images are posted as spoilers, audited; returns the list after it."""
+        async with self._store.transaction() as db:
+            if required:
+                await db.execute(
+                    "INSERT INTO guild_spoiler_channels (guild_id, channel_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    (guild_id, channel_id),
+                )
+            else:
+                await db.execute(
+                    "DELETE FROM guild_spoiler_channels WHERE guild_id = ? AND channel_id = ?", (guild_id, channel_id)
+                )
+            channels = await _spoiler_channels(db.execute_fetchall, guild_id)
+            await self._audit(db, guild_id, actor, "settings", {"set": {"spoiler_channels": channels}, "removed": []})
         return channels
 
     async def set_role_limit(
@@ -250,7 +270,16 @@ async def _read_overrides(fetch: Fetch, guild_id: int) -> dict[str, Any]:
         found["allowed_channels"] = channels
     if roles := await _role_limits(fetch, guild_id):
         found["role_limits"] = roles
+    if spoilers := await _spoiler_channels(fetch, guild_id):
+        found["spoiler_channels"] = spoilers
     return found
+
+
+async def _spoiler_channels(fetch: Fetch, guild_id: int) -> list[int]:
+    rows = await fetch(
+        "SELECT channel_id FROM guild_spoiler_channels WHERE guild_id = ? ORDER BY channel_id", (guild_id,)
+    )
+    return [int(r[0]) for r in rows]
 
 
 async def _allowed_channels(fetch: Fetch, guild_id: int) -> list[int]:

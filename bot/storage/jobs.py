@@ -78,6 +78,9 @@ class NewJob:
     reroll_of: int | None = None
     locale: str | None = None  # Discord's code of the requester's language, for the reply
     guild_locale: str | None = None  # the server's, for posts in its channels
+    private: bool = False  # an ephemeral result only the requester sees; never posted in the channel
+    spoiler: bool = False  # the image is posted as a spoiler
+    sources: dict[str, str] = field(default_factory=dict)  # where each resolved value came from (Details)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,10 @@ class Job:
     cache_hit: bool  # answered from the result cache: no upstream call, no cost
     locale: str | None = None  # Discord's code of the requester's language ("zh-CN"); None: unknown
     guild_locale: str | None = None  # the server's preferred language, for channel posts
+    private: bool = False  # an ephemeral result: never posted in the channel
+    spoiler: bool = False
+    result_message_id: int | None = None  # the message carrying the image (the reply or a channel post)
+    sources: dict[str, str] = field(default_factory=dict)  # "style" -> "option" | "yours" | "style" | "server"
 
     @property
     def finished(self) -> bool:
@@ -129,6 +136,9 @@ class Job:
         values["watermark"] = bool(values["watermark"])
         values["cache_hit"] = bool(values["cache_hit"])
         values["inputs"] = json.loads(values.pop("inputs_json") or "{}")
+        values["private"] = bool(values.pop("is_private", 0))
+        values["spoiler"] = bool(values.get("spoiler", 0))
+        values["sources"] = json.loads(values.pop("sources_json", None) or "{}")
         return cls(**{name: values[name] for name in cls.__slots__})  # type: ignore[attr-defined]
 
 
@@ -154,8 +164,8 @@ class JobStore:
                 INSERT INTO jobs (id, guild_id, channel_id, user_id, requester, command, style, model, prompt,
                                   negative_prompt, size, prompt_extend, watermark, inputs_json, queued_at,
                                   interaction_token, token_expires_at, message_id, reroll_of, quota_json,
-                                  locale, guild_locale)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                  locale, guild_locale, is_private, spoiler, sources_json)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (id) DO NOTHING
                 RETURNING id
                 """,
@@ -182,6 +192,9 @@ class JobStore:
                     charges_to_json(charges),
                     job.locale,
                     job.guild_locale,
+                    int(job.private),
+                    int(job.spoiler),
+                    json.dumps(job.sources, sort_keys=True),
                 ),
             )
             if await cursor.fetchone() is None:
@@ -209,6 +222,22 @@ class JobStore:
             (requester, max_chars, *exclude, limit),
         )
         return [row[0] for row in rows]
+
+    async def history(self, guild_id: int, user_id: int, *, limit: int, offset: int = 0) -> list[Job]:
+        """A user's delivered images in one server, newest first (for /history); ids break ties."""
+        rows = await self._store.fetch_all(
+            "SELECT * FROM jobs WHERE guild_id = ? AND user_id = ? AND state = 'delivered'"
+            " ORDER BY finished_at DESC, id DESC LIMIT ? OFFSET ?",
+            (guild_id, user_id, limit, offset),
+        )
+        return [Job.from_row(row) for row in rows]
+
+    async def history_count(self, guild_id: int, user_id: int) -> int:
+        row = await self._store.fetch_one(
+            "SELECT COUNT(*) AS n FROM jobs WHERE guild_id = ? AND user_id = ? AND state = 'delivered'",
+            (guild_id, user_id),
+        )
+        return int(row["n"]) if row else 0
 
     def now(self) -> datetime:
         """The store's clock (UTC), the one every timestamp of a job is written with."""
@@ -303,13 +332,22 @@ class JobStore:
             request_id=request_id,
         )
 
-    async def mark_delivered(self, job_id: int, *, cost_fen: int, refund_scopes: frozenset[str] = frozenset()) -> bool:
-        """Delivered and charged; the reserved counters of `refund_scopes` are given back (cache hits)."""
+    async def mark_delivered(
+        self,
+        job_id: int,
+        *,
+        cost_fen: int,
+        refund_scopes: frozenset[str] = frozenset(),
+        result_message_id: int | None = None,
+    ) -> bool:
+        """Delivered and charged; the reserved counters of `refund_scopes` are given back (cache hits).
+        `result_message_id`: the message that carries the image (for /history's links)."""
         async with self._store.transaction() as db:
             cursor = await db.execute(
                 "UPDATE jobs SET state = 'delivered', cost_fen = :cost_fen, finished_at = :now,"
-                " interaction_token = NULL WHERE id = :id AND state = 'generated' RETURNING quota_json",
-                {"id": job_id, "cost_fen": cost_fen, "now": self._store.now()},
+                " interaction_token = NULL, result_message_id = :result_message_id"
+                " WHERE id = :id AND state = 'generated' RETURNING quota_json",
+                {"id": job_id, "cost_fen": cost_fen, "now": self._store.now(), "result_message_id": result_message_id},
             )
             row = await cursor.fetchone()
             if row is None:

@@ -252,6 +252,38 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE jobs ADD COLUMN guild_locale TEXT",  # the server's preferred locale
         ),
     ),
+    Migration(
+        9,
+        "private and spoiler results, where each result was posted (for /history), personal defaults (/settings)",
+        (
+            # an ephemeral result only the requester sees: never posted in the channel
+            "ALTER TABLE jobs ADD COLUMN is_private INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE jobs ADD COLUMN spoiler INTEGER NOT NULL DEFAULT 0",  # the image is posted as a spoiler
+            # the message that carries the image: the reply, or the channel post once the token expired
+            "ALTER TABLE jobs ADD COLUMN result_message_id INTEGER",
+            # where each resolved value came from ({"style": "yours", "size": "option", ...}), for Details
+            "ALTER TABLE jobs ADD COLUMN sources_json TEXT NOT NULL DEFAULT '{}'",
+            "CREATE INDEX jobs_history ON jobs(guild_id, user_id, finished_at) WHERE state = 'delivered'",
+            """
+            CREATE TABLE user_settings (
+                user_id       INTEGER PRIMARY KEY,
+                style         TEXT,     -- NULL: not set (the command's own default applies)
+                size          TEXT,
+                prompt_extend INTEGER,
+                watermark     INTEGER,
+                is_private    INTEGER,
+                updated_at    TEXT NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE guild_spoiler_channels (
+                guild_id   INTEGER NOT NULL,
+                channel_id INTEGER NOT NULL,  -- every image made here is posted as a spoiler
+                PRIMARY KEY (guild_id, channel_id)
+            )
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION = max(m.version for m in MIGRATIONS)

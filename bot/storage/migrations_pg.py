@@ -198,4 +198,33 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE jobs ADD COLUMN guild_locale TEXT",
         ),
     ),
+    Migration(
+        4,
+        "private and spoiler results, where each result was posted (for /history), personal defaults (/settings)",
+        (
+            "ALTER TABLE jobs ADD COLUMN is_private INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE jobs ADD COLUMN spoiler INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE jobs ADD COLUMN result_message_id BIGINT",
+            "ALTER TABLE jobs ADD COLUMN sources_json TEXT NOT NULL DEFAULT '{}'",
+            "CREATE INDEX jobs_history ON jobs(guild_id, user_id, finished_at) WHERE state = 'delivered'",
+            """
+            CREATE TABLE user_settings (
+                user_id       BIGINT PRIMARY KEY,
+                style         TEXT,
+                size          TEXT,
+                prompt_extend INTEGER,
+                watermark     INTEGER,
+                is_private    INTEGER,
+                updated_at    TEXT NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE guild_spoiler_channels (
+                guild_id   BIGINT NOT NULL,
+                channel_id BIGINT NOT NULL,
+                PRIMARY KEY (guild_id, channel_id)
+            )
+            """,
+        ),
+    ),
 )

@@ -22,7 +22,8 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import discord
 
-from bot.contracts import DeliveryError
+from bot import messages
+from bot.contracts import DeliveryError, PrivateReplyClosed
 from bot.i18n import resolve, t
 from bot.imaging.download import DownloadedImage
 from bot.scheduler import QueuePosition
@@ -71,7 +72,7 @@ class DiscordDelivery:
     async def started(self, job: Job) -> None:
         self._status(job, render.generating_text(job, _reader(job)))
 
-    async def deliver(self, job: Job, image: DownloadedImage) -> None:
+    async def deliver(self, job: Job, image: DownloadedImage) -> int | None:
         filename = render.image_filename(job, image.extension)
         now = self._utcnow()
 
@@ -87,9 +88,11 @@ class DiscordDelivery:
                 attachments=[attachment()],
                 view=self._view_factory(job.id, _reader(job)),
             ):
-                return
+                return job.message_id
+            if job.private:  # never in the channel: the job fails uncharged and the requester hears by DM
+                raise PrivateReplyClosed(messages.PRIVATE_REPLY_CLOSED)
             server = _server(job)
-            await self._post_in_channel(
+            return await self._post_in_channel(
                 job,
                 content=t(server, "delivery.ready", user=job.user_id),
                 embed=render.result_embed(job, filename, now, server),
@@ -103,6 +106,9 @@ class DiscordDelivery:
         async with self._final(job):
             text = render.failure_text(error, job, _reader(job))
             if await self._edit_reply(job, content=text, embed=None, attachments=[], view=None):
+                return
+            if job.private:  # a private request's failure is nobody else's business either
+                await self._direct_message(job, text)
                 return
             await self._post_in_channel(
                 job, content=f"<@{job.user_id}> {render.failure_text(error, job, _server(job))}"
@@ -163,12 +169,23 @@ class DiscordDelivery:
             raise _delivery_error(exc) from None
         return True
 
-    async def _post_in_channel(self, job: Job, *, content: str, **payload: object) -> None:
+    async def _direct_message(self, job: Job, text: str) -> None:
+        """Tell the requester privately (POST /users/@me/channels, then a message); a refusal (their
+        DMs closed) is logged, not retried: the job is already settled."""
+        if job.user_id is None:
+            return
+        try:
+            channel = await self._client.create_dm(discord.Object(job.user_id))
+            await channel.send(text[:2000], allowed_mentions=render.NO_PINGS)
+        except (discord.HTTPException, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("job %s: could not DM the requester about their private result (%s)", job.id, exc)
+
+    async def _post_in_channel(self, job: Job, *, content: str, **payload: object) -> int:
         if job.channel_id is None or job.user_id is None:
             raise DeliveryError("the job has no channel to post in", retryable=False)
         channel = self._client.get_partial_messageable(job.channel_id)
         try:
-            await channel.send(
+            message = await channel.send(
                 content,
                 allowed_mentions=render.requester_only(job.user_id),
                 nonce=job.id,  # Discord drops a second message with the same nonce (enforce_nonce)
@@ -176,6 +193,7 @@ class DiscordDelivery:
             )
         except (discord.HTTPException, aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _delivery_error(exc) from None
+        return message.id
 
     def _token_usable(self, job: Job) -> bool:
         if not job.interaction_token or job.message_id is None or not job.token_expires_at:

@@ -52,9 +52,10 @@ def guild_locale_of(interaction: discord.Interaction) -> str:
     return i18n.resolve(None, interaction.guild_locale)
 
 
-async def acknowledge(interaction: discord.Interaction) -> int:
-    """Defer publicly ("thinking…"): the message every later update edits in place; its id."""
-    callback = await interaction.response.defer(thinking=True)
+async def acknowledge(interaction: discord.Interaction, *, private: bool = False) -> int:
+    """Defer ("thinking…"): the message every later update edits in place; its id. A private
+    request is deferred ephemerally, so the result edit stays visible to the requester only."""
+    callback = await interaction.response.defer(ephemeral=private, thinking=True)
     message_id = callback.message_id if callback is not None else None
     if message_id is None:  # older API answers carry no message id: ask for it
         message_id = (await interaction.original_response()).id
@@ -71,5 +72,5 @@ async def start(service: GenerationService, interaction: discord.Interaction, re
         job_id=interaction.id,
         deadline_s=deadline_s,
         reply=ReplyHandle(interaction.token, expires_at),
-        acknowledge=lambda: acknowledge(interaction),
+        acknowledge=lambda: acknowledge(interaction, private=request.private),
     )

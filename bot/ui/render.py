@@ -85,7 +85,8 @@ def failure_text(error: BaseException, job: Job | None = None, locale: str = DEF
 
 
 def image_filename(job: Job, extension: str) -> str:
-    return f"imagine-{job.id}.{extension}"
+    """A spoiler's file name starts with SPOILER_: that is how Discord marks an attachment as one."""
+    return f"{'SPOILER_' if job.spoiler else ''}imagine-{job.id}.{extension}"
 
 
 def _seconds_between(start: str | None, end: datetime) -> float | None:
@@ -109,7 +110,8 @@ def result_embed(job: Job, filename: str, now: datetime, locale: str = DEFAULT) 
         embed.add_field(name=t(locale, "embed.from_cache"), value=t(locale, "embed.from_cache_value"), inline=False)
     if warning := couplet_warning(job, locale):
         embed.add_field(name=t(locale, "embed.note"), value=warning, inline=False)
-    embed.set_image(url=f"attachment://{filename}")
+    if not job.spoiler:  # an embed shows its image uncovered: a spoiler is only the (covered) attachment
+        embed.set_image(url=f"attachment://{filename}")
     requester = f"<@{job.user_id}>" if job.user_id else job.requester
     embed.set_footer(text=t(locale, "embed.footer_job", id=job.id))
     embed.add_field(name=t(locale, "embed.requested_by"), value=requester)
@@ -122,6 +124,14 @@ def _capitalised(text: str) -> str:
 
 def _on_off(value: bool, locale: str) -> str:
     return t(locale, "common.on" if value else "common.off")
+
+
+def _sourced(job: Job, name: str, value: str, locale: str) -> str:
+    """A value with where it came from (the option, your /settings, the style, the server's default)."""
+    source = job.sources.get(name)
+    if source is None or not has(f"source.{source}"):
+        return value  # a job from before sources were recorded
+    return t(locale, "details.with_source", value=value, source=t(locale, f"source.{source}"))
 
 
 def details_embed(job: Job, locale: str = DEFAULT) -> discord.Embed:
@@ -137,10 +147,15 @@ def details_embed(job: Job, locale: str = DEFAULT) -> discord.Embed:
         label = t(locale, f"field.{name}") if has(f"field.{name}") else name.replace("_", " ")
         embed.add_field(name=_capitalised(label), value=str(value)[:1024])
     embed.add_field(name=t(locale, "details.command"), value=f"/{job.command}")
-    embed.add_field(name=t(locale, "embed.style"), value=job.style or "—")
-    embed.add_field(name=t(locale, "embed.size"), value=size_label(job.size, locale))
-    embed.add_field(name=t(locale, "details.prompt_extend"), value=_on_off(job.prompt_extend, locale))
-    embed.add_field(name=t(locale, "details.watermark"), value=_on_off(job.watermark, locale))
+    embed.add_field(name=t(locale, "embed.style"), value=_sourced(job, "style", job.style or "—", locale))
+    embed.add_field(name=t(locale, "embed.size"), value=_sourced(job, "size", size_label(job.size, locale), locale))
+    extend = _on_off(job.prompt_extend, locale)
+    embed.add_field(name=t(locale, "details.prompt_extend"), value=_sourced(job, "prompt_extend", extend, locale))
+    watermark = _on_off(job.watermark, locale)
+    embed.add_field(name=t(locale, "details.watermark"), value=_sourced(job, "watermark", watermark, locale))
+    if job.private or "private" in job.sources:
+        private = _on_off(job.private, locale)
+        embed.add_field(name=t(locale, "details.private"), value=_sourced(job, "private", private, locale))
     embed.add_field(name=t(locale, "details.model"), value=job.model)
     embed.add_field(name=t(locale, "details.state"), value=t(locale, f"state.{job.state}"))
     embed.add_field(name=t(locale, "embed.cost"), value=money(locale, job.cost_fen))

@@ -373,7 +373,7 @@ async def test_commands_are_synced_once_with_their_declared_options(harness: Bot
     await harness.start()
     assert harness.discord.sync_count == 1
     commands = {c["name"]: c for c in harness.discord.synced_commands()}
-    assert set(commands) == {"imagine", "poster", "couplet", "queue", "usage", "imagine-admin"}
+    assert set(commands) == {"imagine", "poster", "couplet", "queue", "usage", "imagine-admin", "settings", "history"}
     assert int(commands["imagine-admin"]["default_member_permissions"]) == 1 << 5  # Manage Server
     assert commands["imagine-admin"]["dm_permission"] is False  # servers only
     options = {name: {o["name"]: o for o in c["options"]} for name, c in commands.items()}
@@ -387,7 +387,19 @@ async def test_commands_are_synced_once_with_their_declared_options(harness: Bot
     assert [c["value"] for c in options["poster"]["language"]["choices"]] == ["zh", "en"]
     assert options["imagine"]["prompt"]["max_length"] == 800 and options["imagine"]["prompt"]["required"]
     assert options["imagine"]["negative_prompt"]["max_length"] == 500
-    assert set(options["couplet"]) == {"left", "right", "horizontal", "background", "font", "size"}
+    assert set(options["couplet"]) == {
+        "left",
+        "right",
+        "horizontal",
+        "background",
+        "font",
+        "size",
+        "private",
+        "spoiler",
+    }
+    for name in ("imagine", "poster", "couplet"):  # issue 12: private and spoiler results, optional booleans
+        assert (options[name]["private"]["type"], options[name]["spoiler"]["type"]) == (5, 5)
+        assert not options[name]["private"].get("required") and not options[name]["spoiler"].get("required")
     assert options["queue"] == {}
 
 
