@@ -140,9 +140,11 @@ async def test_details_answers_privately_with_every_parameter_and_the_request_id
     assert fields["Negative prompt"] == "fog"
     assert fields["Revised prompt"] == "A red lighthouse on a cliff at dusk"
     assert fields["Command"] == "/imagine"
-    assert fields["Style"] == "photo"
-    assert fields["Size"] == "16:9 widescreen 1664×928"
-    assert (fields["Prompt extend"], fields["Watermark"]) == ("off", "on")
+    # each value says where it came from (issue 12): the option given, else the style's
+    assert fields["Style"] == "photo (your option)"
+    assert fields["Size"] == "16:9 widescreen 1664×928 (the style)"
+    assert (fields["Prompt extend"], fields["Watermark"]) == ("off (the style)", "on (your option)")
+    assert fields["Private"] == "off (server default)"
     assert fields["Model"] == "qwen-image-plus"
     assert (fields["State"], fields["Cost"]) == ("delivered", "¥0.18")
     assert details.allowed_mentions == {"parse": []}
