@@ -13,7 +13,7 @@ how much it sent, whether the client read it all, and the SHA-256 of the whole f
 
 Image sizes: ``image_bytes`` (``--image-bytes``; per reply ``Reply.ok(image_bytes=...)``) serves
 a real PNG padded to exactly that many bytes, each file distinct, declared by Content-Length or
-(``chunked``) without one, and streamed only as fast as the client reads.
+(``chunked``, ``--chunked``) without one, and streamed only as fast as the client reads.
 
 It runs on its own thread and loop (``LoopbackServer``); every public method and property is
 safe to use from the test's thread.
@@ -236,11 +236,13 @@ class FakeImageApi:
         rpm_limit: int | None = None,
         concurrency_limit: int | None = None,
         image_bytes: int | None = None,
+        chunked: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         self.api_key = api_key
         self.image_bytes = image_bytes  # the size of every "ok" image a reply does not size itself
+        self.chunked = chunked  # sized images go out without Content-Length, whatever the reply says
         self.model = model
         self.sizes = tuple(sizes)
         self.latency_s = latency_s
@@ -519,7 +521,8 @@ class FakeImageApi:
         else:
             name = f"{uuid.uuid4()}.png"
             with self._lock:
-                self._files[name] = _File(reply.image, width, height, seed, reply.redirect_to, size, reply.chunked)
+                chunked = reply.chunked or self.chunked
+                self._files[name] = _File(reply.image, width, height, seed, reply.redirect_to, size, chunked)
             url = f"{self.url}/files/{name}"
         item = {"url": url, "b64_json": b64, "revised_prompt": reply.revised_prompt}
         with self._lock:
@@ -678,6 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rpm", type=int, default=None, help="enforce this many generations per minute")
     parser.add_argument("--concurrency", type=int, default=None, help="enforce this many in flight")
     parser.add_argument("--image-bytes", type=int, default=None, help="pad every image to this many bytes")
+    parser.add_argument("--chunked", action="store_true", help="send sized images without Content-Length")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -688,6 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         rpm_limit=args.rpm,
         concurrency_limit=args.concurrency,
         image_bytes=args.image_bytes,
+        chunked=args.chunked,
         host=args.host,
         port=args.port,
     )
