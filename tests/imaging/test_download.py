@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import tracemalloc
 
 import httpx
 import pytest
@@ -201,3 +202,19 @@ def test_sniffing_magic_bytes() -> None:
     assert sniff_kind(b"\xff\xd8\xff\xe0rest") == "jpeg"
     assert sniff_kind(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "webp"
     assert sniff_kind(b"GIF89a") is None
+
+
+async def test_a_large_image_is_never_held_in_memory_while_it_downloads(http, fake_api: FakeImageApi) -> None:
+    """An 8 MiB image (real ones are 2-7 MB) streams through: the download's allocations stay a small
+    fraction of the image (measured with tracemalloc; the fake's own file is built before tracing)."""
+    eight_mib = 8 * 1024 * 1024
+    url = await generated_url(http, fake_api, image_bytes=eight_mib)
+    fake_api.served_image(url)  # the fake builds (and caches) its bytes here, outside the measurement
+    tracemalloc.start()
+    try:
+        image = await make_fetcher(http, fake_api).fetch(url)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert image.kind == "png"
+    assert peak < eight_mib // 4, f"the download allocated up to {peak:,} bytes for an {eight_mib:,}-byte image"
