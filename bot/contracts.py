@@ -8,8 +8,8 @@ from datetime import datetime
 from typing import Protocol
 
 from bot.errors import ImagineError
-from bot.imaging.download import DownloadedImage
 from bot.scheduler import QueuePosition
+from bot.storage.images import StoredImage
 from bot.storage.jobs import Job
 
 CLI_GUILD = "cli"
@@ -51,7 +51,8 @@ class Delivery(Protocol):
 
     async def started(self, job: Job) -> None: ...
 
-    async def deliver(self, job: Job, image: DownloadedImage) -> None: ...
+    async def deliver(self, job: Job, image: StoredImage) -> None:
+        """Show the image; it is a file in the store, there until this returns (stream it, never read it whole)."""
 
     async def failed(self, job: Job, error: BaseException) -> None: ...
 

@@ -22,7 +22,7 @@ from bot.errors import ImagineError
 from bot.gatekeeper import Gatekeeper
 from bot.i18n import Text
 from bot.imaging.client import ImageClient
-from bot.imaging.download import DownloadedImage, ImageFetcher, sniff_kind
+from bot.imaging.download import ImageFetcher
 from bot.imaging.errors import ContentRejected, ImageDownloadError, RateLimited, UpstreamError
 from bot.imaging.models import ImageRequest
 from bot.limiter import Gate
@@ -32,7 +32,7 @@ from bot.modlog import ModerationLog, excerpt
 from bot.requests import params_of
 from bot.scheduler import QueueItem
 from bot.sharing import ResultSharing
-from bot.storage.images import ImageStore
+from bot.storage.images import ImageStore, StoredImage
 from bot.storage.jobs import Job, JobStore
 from bot.storage.quotas import QuotaExceeded
 
@@ -146,23 +146,21 @@ class JobRunner:
             self._metrics.upstream_billed(billed)
         if not image.url:
             try:
-                inline = await asyncio.to_thread(
-                    self._fetcher.decode_b64, image.b64_json, request_id=response.request_id
-                )
+                inline = await self._fetcher.decode_b64(image.b64_json, request_id=response.request_id)
             except ImageDownloadError as exc:
                 await self.fail(await self._reload(job), exc)
                 return None
-            await self.jobs.set_image(job.id, await self._images.put(inline.data))
+            await self.jobs.set_image(job.id, inline.sha256)
         return await self._reload(job)
 
     async def deliver(self, job: Job) -> None:
         try:
-            image, sha256 = await self._image_for(job)
+            image = await self._image_for(job)
         except ImagineError as exc:
             await self.fail(job, exc)
             return
         if not job.cache_hit:
-            await self._share(job, image, sha256)
+            await self._share(job, image)
         for attempt in range(self.DELIVERY_RETRIES + 1):
             try:
                 await self._delivery.deliver(job, image)
@@ -192,7 +190,7 @@ class JobRunner:
                 ),
             )
         try:  # housekeeping: the user has the image and it is paid for, whatever happens here
-            await self._release_image(sha256)
+            await self._release_image(image.sha256)
         except Exception:
             log.exception("job %s: delivered, but its image file could not be released", job.id)
         self._finish(job.id)
@@ -236,11 +234,11 @@ class JobRunner:
             return False
         return True
 
-    async def _share(self, job: Job, image: DownloadedImage, sha256: str) -> None:
+    async def _share(self, job: Job, image: StoredImage) -> None:
         """A new image: into the cache, and to every identical request waiting on this one."""
         key = self._sharing.key_of(job.id) or await self._job_cache_key(job)
-        for follower in await self._sharing.publish(job.id, key, sha256, len(image.data), job.request_id):
-            if await self.jobs.mark_cache_hit(follower, sha256=sha256, request_id=job.request_id):
+        for follower in await self._sharing.publish(job.id, key, image.sha256, image.size, job.request_id):
+            if await self.jobs.mark_cache_hit(follower, sha256=image.sha256, request_id=job.request_id):
                 self._background.spawn(self.deliver_by_id(follower))
 
     async def _hit_refunds(self, job: Job) -> frozenset[str]:
@@ -269,19 +267,17 @@ class JobRunner:
             log.exception("job %s: delivery failed unexpectedly", job_id)
             await self.fail(job, exc)
 
-    async def _image_for(self, job: Job) -> tuple[DownloadedImage, str]:
-        """The stored bytes if we have them, else a fresh download of the URL (then stored)."""
+    async def _image_for(self, job: Job) -> StoredImage:
+        """The stored image if we have it intact, else a fresh download of the URL into the store."""
         if job.image_sha256:
-            data = await self._images.get(job.image_sha256)
-            kind = sniff_kind(data) if data else None
-            if data is not None and kind is not None:
-                return DownloadedImage(data=data, kind=kind), job.image_sha256
+            stored = await self._images.open_image(job.image_sha256)
+            if stored is not None:
+                return stored
         if not job.image_url:
             raise ImageLost(Text("error.image_lost"))
         image = await self._fetcher.fetch(job.image_url, request_id=job.request_id)
-        sha256 = await self._images.put(image.data)
-        await self.jobs.set_image(job.id, sha256)
-        return image, sha256
+        await self.jobs.set_image(job.id, image.sha256)
+        return image
 
     async def fail(self, job: Job, error: BaseException, *, shared: bool = False) -> None:
         job = await self._reload(job)  # the current row, with its reply token (erased by mark_failed)

@@ -22,13 +22,13 @@ import pytest
 from bot.config import Settings
 from bot.contracts import Requester
 from bot.errors import LimitReached
-from bot.imaging.download import DownloadedImage
 from bot.imaging.errors import ServerError
 from bot.pipeline import Pipeline
 from bot.requests import GenerationRequest, RequestBuilder
 from bot.scheduler import QueuePosition
 from bot.storage.connect import open_store
 from bot.storage.db import Store
+from bot.storage.images import StoredImage
 from bot.storage.jobs import Job, JobStore, NewJob
 from bot.storage.reports import usage_summary
 from tests.fakes.image_api import FakeImageApi, Reply
@@ -56,9 +56,9 @@ class RecordingDelivery:
     async def started(self, job: Job) -> None:
         self.events.append(("started", job.id))
 
-    async def deliver(self, job: Job, image: DownloadedImage) -> None:
+    async def deliver(self, job: Job, image: StoredImage) -> None:
         self.events.append(("delivered", job.id))
-        self.delivered[job.id] = image.data
+        self.delivered[job.id] = await asyncio.to_thread(image.path.read_bytes)
 
     async def failed(self, job: Job, error: BaseException) -> None:
         self.events.append(("failed", job.id))
@@ -566,7 +566,7 @@ class SlowUploadDelivery(RecordingDelivery):
         self.slow_job = slow_job
         self.release = asyncio.Event()
 
-    async def deliver(self, job: Job, image: DownloadedImage) -> None:
+    async def deliver(self, job: Job, image: StoredImage) -> None:
         if job.id == self.slow_job:
             await self.release.wait()
         await super().deliver(job, image)

@@ -13,12 +13,12 @@ import pytest
 from bot.config import Settings
 from bot.contracts import DeliveryError, Requester, ShuttingDown
 from bot.errors import LimitReached
-from bot.imaging.download import DownloadedImage
 from bot.imaging.errors import ContentRejected, ServerError
 from bot.pipeline import Pipeline
 from bot.requests import RequestBuilder
 from bot.scheduler import QueuePosition
 from bot.service import POSITION_DEBOUNCE_S
+from bot.storage.images import StoredImage
 from bot.storage.jobs import Job, JobStore, NewJob
 from tests.fakes.image_api import FakeImageApi, Reply
 from tests.fakes.png import png_size
@@ -40,11 +40,11 @@ class RecordingDelivery:
     async def started(self, job: Job) -> None:
         self.events.append(("started", job.id))
 
-    async def deliver(self, job: Job, image: DownloadedImage) -> None:
+    async def deliver(self, job: Job, image: StoredImage) -> None:
         if self.fail_next:
             raise self.fail_next.pop(0)
         self.events.append(("delivered", job.id))
-        self.delivered[job.id] = image.data
+        self.delivered[job.id] = await asyncio.to_thread(image.path.read_bytes)
 
     async def failed(self, job: Job, error: BaseException) -> None:
         self.events.append(("failed", job.id))

@@ -222,14 +222,18 @@ def test_local_ids_are_unique_and_snowflake_shaped() -> None:
 async def test_image_store_round_trip_and_corruption(tmp_path: Path) -> None:
     images = ImageStore(tmp_path / "cache")
     sha = await images.put(b"\x89PNG\r\n\x1a\nabc")
-    assert await images.get(sha) == b"\x89PNG\r\n\x1a\nabc"
+    stored = await images.open_image(sha)
+    assert stored is not None and (stored.kind, stored.size) == ("png", 11)
+    assert stored.path.read_bytes() == b"\x89PNG\r\n\x1a\nabc"
     images.path_for(sha).write_bytes(b"torn")
-    assert await images.get(sha) is None  # corrupt reads as missing
-    assert await images.get("0" * 64) is None
-    sha = await images.put(b"again")
+    assert await images.open_image(sha) is None  # corrupt reads as missing
+    assert not images.path_for(sha).exists()  # and is deleted
+    assert await images.open_image("0" * 64) is None
+    sha = await images.put(b"not an image")
+    assert await images.open_image(sha) is None  # intact, but nothing to deliver
     await images.delete(sha)
-    assert await images.get(sha) is None
-    assert not list((tmp_path / "cache").rglob(".tmp-*"))
+    assert not images.path_for(sha).exists()
+    assert list(images.spool_dir.iterdir()) == []
 
 
 # -- cancellation: a write transaction is all-or-nothing and never leaves the connection inside one -------
