@@ -444,6 +444,24 @@ async def test_a_guild_without_the_cache_shares_no_flight_either(pipeline: Pipel
     assert fake_api.generation_count == 2
 
 
+async def test_identical_images_downloaded_at_once_are_all_delivered(
+    settings_for, delivery, clock, fake_api: FakeImageApi
+) -> None:
+    """With the cache off, identical requests each generate, and the fake answers each with the same
+    bytes: their downloads land on one content address. A job that delivered and releases that file
+    must not take it from another job that downloaded it too and has yet to deliver it."""
+    fake_api.latency_s = 0.3
+    async with running(settings_for(cache_ttl_hours=0), delivery, clock) as pipeline:
+        for round in range(5):
+            tickets = await asyncio.gather(
+                *(pipeline.service.submit(imagine(pipeline.settings), member(u)) for u in (101 + round, 201 + round))
+            )
+            jobs = [await asyncio.wait_for(pipeline.service.wait(t.job_id), 30) for t in tickets]
+            assert [j.state for j in jobs] == ["delivered"] * 2, {j.id: delivery.failures.get(j.id) for j in jobs}
+            assert delivery.delivered[jobs[0].id] == delivery.delivered[jobs[1].id]
+    assert [p for p in pipeline.settings.cache_dir.rglob("*") if p.is_file()] == []
+
+
 async def test_a_ttl_of_zero_turns_the_cache_and_shared_flights_off(
     settings_for, delivery, clock, fake_api: FakeImageApi
 ) -> None:
