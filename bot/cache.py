@@ -53,7 +53,7 @@ class ResultCache:
         )
         if row is None:
             return None
-        image = await self._images.open_image(row["sha256"])  # checks the bytes against their hash
+        image = await self._images.check(row["sha256"])  # checks the bytes against their hash
         if image is None:
             # On a store shared by several machines the file may simply live on another one: a
             # miss here, and the entry stays for the machine that has it. Alone, it is stale.

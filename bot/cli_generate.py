@@ -19,7 +19,7 @@ from bot.pipeline import Pipeline
 from bot.presets import size_label
 from bot.requests import GenerationRequest, RequestBuilder
 from bot.scheduler import QueuePosition
-from bot.storage.images import StoredImage
+from bot.storage.images import OpenImage
 from bot.storage.jobs import Job
 from bot.storage.reports import fen_to_cny
 
@@ -42,9 +42,9 @@ class FileDelivery:
     async def started(self, job: Job) -> None:
         self._progress.status("generating")
 
-    async def deliver(self, job: Job, image: StoredImage) -> None:
+    async def deliver(self, job: Job, image: OpenImage) -> None:
         path = self._output or Path(f"{self._name_prefix}-{job.id}.{image.extension}")
-        await asyncio.to_thread(_copy_file, image.path, path)
+        await asyncio.to_thread(_copy_file, image, path)
         self.written = path
         self.written_bytes = image.size
 
@@ -55,10 +55,12 @@ class FileDelivery:
         """CLI jobs belong to no guild: there is no moderation log to post to."""
 
 
-def _copy_file(source: Path, path: Path) -> None:
+def _copy_file(image: OpenImage, path: Path) -> None:
     """A copy, never a move: the stored file may stay in the result cache."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, path)
+    image.file.seek(0)
+    with path.open("wb") as out:
+        shutil.copyfileobj(image.file, out)
 
 
 class Progress:

@@ -9,7 +9,7 @@ from typing import Protocol
 
 from bot.errors import ImagineError
 from bot.scheduler import QueuePosition
-from bot.storage.images import StoredImage
+from bot.storage.images import OpenImage
 from bot.storage.jobs import Job
 
 CLI_GUILD = "cli"
@@ -51,8 +51,9 @@ class Delivery(Protocol):
 
     async def started(self, job: Job) -> None: ...
 
-    async def deliver(self, job: Job, image: StoredImage) -> None:
-        """Show the image; it is a file in the store, there until this returns (stream it, never read it whole)."""
+    async def deliver(self, job: Job, image: OpenImage) -> None:
+        """Show the image: read `image.file` (seek to its start first) in pieces, never whole; the
+        caller closes it. Its path may be gone already: another job may have released the same bytes."""
 
     async def failed(self, job: Job, error: BaseException) -> None: ...
 

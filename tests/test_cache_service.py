@@ -28,11 +28,12 @@ from bot.requests import GenerationRequest, RequestBuilder
 from bot.scheduler import QueuePosition
 from bot.storage.connect import open_store
 from bot.storage.db import Store
-from bot.storage.images import StoredImage
+from bot.storage.images import OpenImage
 from bot.storage.jobs import Job, JobStore, NewJob
 from bot.storage.reports import usage_summary
 from tests.fakes.image_api import FakeImageApi, Reply
 from tests.fakes.png import png_size
+from tests.images import read_image
 
 pytestmark = pytest.mark.both_backends
 #: followers wait in the memory of the process that admitted them; on a queue shared by several
@@ -56,9 +57,9 @@ class RecordingDelivery:
     async def started(self, job: Job) -> None:
         self.events.append(("started", job.id))
 
-    async def deliver(self, job: Job, image: StoredImage) -> None:
+    async def deliver(self, job: Job, image: OpenImage) -> None:
         self.events.append(("delivered", job.id))
-        self.delivered[job.id] = await asyncio.to_thread(image.path.read_bytes)
+        self.delivered[job.id] = await asyncio.to_thread(read_image, image)
 
     async def failed(self, job: Job, error: BaseException) -> None:
         self.events.append(("failed", job.id))
@@ -584,7 +585,7 @@ class SlowUploadDelivery(RecordingDelivery):
         self.slow_job = slow_job
         self.release = asyncio.Event()
 
-    async def deliver(self, job: Job, image: StoredImage) -> None:
+    async def deliver(self, job: Job, image: OpenImage) -> None:
         if job.id == self.slow_job:
             await self.release.wait()
         await super().deliver(job, image)

@@ -28,7 +28,7 @@ from bot.scheduler import QueuePosition
 from bot.storage.connect import open_store
 from bot.storage.db import Store
 from bot.storage.guilds import GuildStore
-from bot.storage.images import StoredImage
+from bot.storage.images import OpenImage
 from bot.storage.jobs import Job
 from tests.fakes.image_api import FakeImageApi, Reply
 
@@ -65,7 +65,7 @@ class RecordingDelivery:
     async def started(self, job: Job) -> None:
         return None
 
-    async def deliver(self, job: Job, image: StoredImage) -> None:
+    async def deliver(self, job: Job, image: OpenImage) -> None:
         self.delivered.append(job.id)
 
     async def failed(self, job: Job, error: BaseException) -> None:

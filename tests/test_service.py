@@ -18,10 +18,11 @@ from bot.pipeline import Pipeline
 from bot.requests import RequestBuilder
 from bot.scheduler import QueuePosition
 from bot.service import POSITION_DEBOUNCE_S
-from bot.storage.images import StoredImage
+from bot.storage.images import OpenImage
 from bot.storage.jobs import Job, JobStore, NewJob
 from tests.fakes.image_api import FakeImageApi, Reply
 from tests.fakes.png import png_size
+from tests.images import read_image
 
 pytestmark = pytest.mark.both_backends
 
@@ -40,11 +41,11 @@ class RecordingDelivery:
     async def started(self, job: Job) -> None:
         self.events.append(("started", job.id))
 
-    async def deliver(self, job: Job, image: StoredImage) -> None:
+    async def deliver(self, job: Job, image: OpenImage) -> None:
         if self.fail_next:
             raise self.fail_next.pop(0)
         self.events.append(("delivered", job.id))
-        self.delivered[job.id] = await asyncio.to_thread(image.path.read_bytes)
+        self.delivered[job.id] = await asyncio.to_thread(read_image, image)
 
     async def failed(self, job: Job, error: BaseException) -> None:
         self.events.append(("failed", job.id))

@@ -26,7 +26,7 @@ import httpx
 
 from bot.imaging.errors import ForbiddenImageSource, ImageTooLarge, ImageUnavailable, UnsupportedImage
 from bot.imaging.kinds import SNIFF_BYTES, sniff_kind
-from bot.storage.images import ImageStore, Spool, StoredImage
+from bot.storage.images import ImageStore, OpenImage, Spool
 
 log = logging.getLogger("imagine.imaging")
 
@@ -68,9 +68,10 @@ class ImageFetcher:
         self._sleep = sleep
 
     # -- public -----------------------------------------------------------------------------------
-    async def fetch(self, url: str, *, request_id: str | None = None) -> StoredImage:
-        """Download and check, into the image store; transient failures (network, 5xx) are tried
-        again a few times (each attempt on a spool file of its own)."""
+    async def fetch(self, url: str, *, request_id: str | None = None) -> OpenImage:
+        """Download and check, into the image store: the image, open (the caller closes it);
+        transient failures (network, 5xx) are tried again a few times (each attempt on a spool file
+        of its own)."""
         attempt = 0
         while True:
             try:
@@ -88,9 +89,10 @@ class ImageFetcher:
             log.warning("image download failed (%s); retry %d/%d", error.message, attempt, self._retries)
             await self._sleep(0.5 * attempt)
 
-    async def decode_b64(self, b64: str, *, request_id: str | None = None) -> StoredImage:
-        """An inline image, into the image store: same size and type rules as a download. Decoded a
-        piece at a time in a worker thread, so its bytes never sit in memory whole beside the text."""
+    async def decode_b64(self, b64: str, *, request_id: str | None = None) -> OpenImage:
+        """An inline image, into the image store: same size and type rules as a download; open (the
+        caller closes it). Decoded a piece at a time in a worker thread, so its bytes never sit in
+        memory whole beside the text."""
         if len(b64) * 3 // 4 > self._max_bytes + 3:
             raise self._too_large(len(b64) * 3 // 4, request_id)
         async with self._store.spool() as spool:
@@ -126,7 +128,7 @@ class ImageFetcher:
                 return True
         return False
 
-    async def _fetch_once(self, url: str, request_id: str | None) -> StoredImage:
+    async def _fetch_once(self, url: str, request_id: str | None) -> OpenImage:
         for _ in range(self._max_redirects + 1):
             self.check_url(url, request_id=request_id)
             try:
@@ -144,7 +146,7 @@ class ImageFetcher:
                 ) from None
         raise ForbiddenImageSource("the image URL redirected too many times", request_id=request_id)
 
-    async def _read(self, response: httpx.Response, request_id: str | None) -> StoredImage:
+    async def _read(self, response: httpx.Response, request_id: str | None) -> OpenImage:
         if response.status_code != 200:
             raise ImageUnavailable(
                 f"the image host answered HTTP {response.status_code}",

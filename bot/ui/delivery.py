@@ -25,7 +25,7 @@ import discord
 from bot.contracts import DeliveryError
 from bot.i18n import resolve, t
 from bot.scheduler import QueuePosition
-from bot.storage.images import StoredImage
+from bot.storage.images import OpenImage
 from bot.storage.jobs import Job
 from bot.ui import render
 
@@ -71,7 +71,7 @@ class DiscordDelivery:
     async def started(self, job: Job) -> None:
         self._status(job, render.generating_text(job, _reader(job)))
 
-    async def deliver(self, job: Job, image: StoredImage) -> None:
+    async def deliver(self, job: Job, image: OpenImage) -> None:
         filename = render.image_filename(job, image.extension)
         now = self._utcnow()
         async with self._final(job):
@@ -218,17 +218,16 @@ def _server(job: Job) -> str:
 
 
 @asynccontextmanager
-async def _attachment(image: StoredImage, filename: str) -> AsyncIterator[discord.File]:
-    """The stored image as an attachment over its open file: discord.py hands the file object to
-    aiohttp, which reads it 64 KiB at a time in a worker thread as the upload goes out (and seeks
-    back for a retried request), so an upload never holds the image in memory."""
-    handle = await asyncio.to_thread(image.path.open, "rb")
-    file = discord.File(handle, filename=filename, description="generated image")
+async def _attachment(image: OpenImage, filename: str) -> AsyncIterator[discord.File]:
+    """The image as an attachment over its open file: discord.py hands the file object to aiohttp,
+    which reads it 64 KiB at a time in a worker thread as the upload goes out (and seeks back for a
+    retried request), so an upload never holds the image in memory."""
+    await asyncio.to_thread(image.file.seek, 0)  # a File starts where the file is
+    file = discord.File(image.file, filename=filename, description="generated image")
     try:
         yield file
     finally:
-        file.close()  # gives the handle back its close() (discord.py stubs it out); we own the handle
-        await asyncio.to_thread(handle.close)
+        file.close()  # gives the file back its close() (discord.py stubs it out); the runner closes it
 
 
 def _delivery_error(exc: BaseException) -> DeliveryError:

@@ -21,6 +21,7 @@ from bot.storage.images import ImageStore, Spool
 from tests.fakes.image_api import FakeImageApi
 from tests.fakes.loopback import LoopbackServer
 from tests.fakes.png import make_png, png_size, sized_png
+from tests.images import read_image
 
 
 async def _no_sleep(_: float) -> None:
@@ -67,6 +68,7 @@ async def generated_url(http: httpx.AsyncClient, fake: FakeImageApi, **reply) ->
 async def test_downloads_a_real_png_from_the_gateway_host(http, fake_api: FakeImageApi, store: ImageStore) -> None:
     url = await generated_url(http, fake_api)
     image = await make_fetcher(http, fake_api, store).fetch(url)
+    await image.close()
     assert image.kind == "png"
     assert png_size(image.path.read_bytes()) == (1328, 1328)
     assert image.path == store.path_for(image.sha256) and image.size == image.path.stat().st_size
@@ -74,9 +76,24 @@ async def test_downloads_a_real_png_from_the_gateway_host(http, fake_api: FakeIm
     assert _spooled(store) == []
 
 
+async def test_the_download_is_read_through_its_open_file_even_once_its_path_is_gone(
+    http, fake_api: FakeImageApi, store: ImageStore
+) -> None:
+    """Identical bytes share one file, which another job may release meanwhile: the open file a
+    download returns still reads the whole image."""
+    url = await generated_url(http, fake_api, image_bytes=3 * 1024 * 1024)
+    image = await make_fetcher(http, fake_api, store).fetch(url)
+    try:
+        image.path.unlink()
+        assert read_image(image) == fake_api.served_image(url)
+    finally:
+        await image.close()
+
+
 async def test_jpeg_is_accepted(http, fake_api: FakeImageApi, store: ImageStore) -> None:
     url = await generated_url(http, fake_api, image="jpeg")
     image = await make_fetcher(http, fake_api, store).fetch(url)
+    await image.close()
     assert (image.kind, image.extension, image.content_type) == ("jpeg", "jpg", "image/jpeg")
 
 
@@ -151,6 +168,7 @@ async def test_redirect_within_the_allowed_hosts_is_followed(http, fake_api: Fak
     target = await generated_url(http, fake_api)
     url = await generated_url(http, fake_api, image="redirect", redirect_to=target)
     image = await make_fetcher(http, fake_api, store).fetch(url)
+    await image.close()
     assert image.kind == "png"
 
 
@@ -236,7 +254,8 @@ async def test_inline_b64_is_decoded_with_the_same_checks(http, fake_api: FakeIm
     fetcher = make_fetcher(http, fake_api, store, max_bytes=100_000)
     png = make_png(64, 32)
     image = await fetcher.decode_b64(base64.b64encode(png).decode())
-    assert (image.path.read_bytes(), image.kind, image.size) == (png, "png", len(png))
+    assert (read_image(image), image.kind, image.size) == (png, "png", len(png))
+    await image.close()
     with pytest.raises(UnsupportedImage, match="base64"):
         await fetcher.decode_b64("not base64 !!")
     with pytest.raises(UnsupportedImage):
@@ -269,6 +288,7 @@ async def test_a_large_image_is_never_held_in_memory_while_it_downloads(
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    await image.close()
     assert image.kind == "png"
     assert peak < eight_mib // 4, f"the download allocated up to {peak:,} bytes for an {eight_mib:,}-byte image"
     assert image.path.read_bytes() == fake_api.served_image(url) and image.size == eight_mib
@@ -286,6 +306,7 @@ async def test_inline_b64_is_decoded_piece_by_piece(http, fake_api: FakeImageApi
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    await image.close()
     assert image.path.read_bytes() == png and image.sha256 == hashlib.sha256(png).hexdigest()
     assert peak < six_mib // 4, f"decoding allocated up to {peak:,} bytes for a {six_mib:,}-byte image"
 

@@ -50,6 +50,8 @@ async def test_open_image_checks_the_hash_in_a_worker_thread(
     store.path_for(sha).write_bytes(TEN_MIB)
     image = await store.open_image(sha)
     assert image is not None and (image.path, image.size, image.kind) == (store.path_for(sha), len(TEN_MIB), "png")
+    assert image.file.read() == TEN_MIB  # open at its start: what was checked is what is read
+    await image.close()
     assert hashing_threads and threading.main_thread() not in hashing_threads
 
 
@@ -60,6 +62,8 @@ async def test_a_committed_spool_file_is_renamed_into_the_store_not_copied(tmp_p
         spooled = spool.path
         inode = spooled.stat().st_ino
         image = await spool.commit("png")
+    assert image.file.read() == TEN_MIB  # the file written, open at its start
+    await image.close()
     assert image.sha256 == hashlib.sha256(TEN_MIB).hexdigest() and image.size == len(TEN_MIB)
     assert image.path == store.path_for(image.sha256) and image.path.stat().st_ino == inode
     assert not spooled.exists() and list(store.spool_dir.iterdir()) == []

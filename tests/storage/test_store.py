@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.storage.db import SqliteStore, Store
-from bot.storage.images import ImageStore
+from bot.storage.images import ImageStore, StoredImage
 from bot.storage.jobs import JobStore, NewJob, new_local_id
 from bot.storage.migrations import LATEST_VERSION, MIGRATIONS
 from bot.storage.reports import fen_to_cny, usage_summary
@@ -224,7 +224,9 @@ async def test_image_store_round_trip_and_corruption(tmp_path: Path) -> None:
     sha = await images.put(b"\x89PNG\r\n\x1a\nabc")
     stored = await images.open_image(sha)
     assert stored is not None and (stored.kind, stored.size) == ("png", 11)
-    assert stored.path.read_bytes() == b"\x89PNG\r\n\x1a\nabc"
+    assert stored.file.read() == stored.path.read_bytes() == b"\x89PNG\r\n\x1a\nabc"
+    await stored.close()
+    assert await images.check(sha) == StoredImage(sha, images.path_for(sha), 11, "png")
     images.path_for(sha).write_bytes(b"torn")
     assert await images.open_image(sha) is None  # corrupt reads as missing
     assert not images.path_for(sha).exists()  # and is deleted
