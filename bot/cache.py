@@ -14,16 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from bot.imaging.download import DownloadedImage, sniff_kind
 from bot.storage.db import Store, iso
-from bot.storage.images import ImageStore
+from bot.storage.images import ImageStore, StoredImage
 
 
 @dataclass(frozen=True, slots=True)
 class CacheHit:
     key: str
     sha256: str
-    image: DownloadedImage
+    image: StoredImage
     source_job_id: int | None
     request_id: str | None
 
@@ -54,16 +53,15 @@ class ResultCache:
         )
         if row is None:
             return None
-        data = await self._images.get(row["sha256"])  # checks the bytes against their hash
-        kind = sniff_kind(data) if data else None
-        if data is None or kind is None:
+        image = await self._images.check(row["sha256"])  # checks the bytes against their hash
+        if image is None:
             # On a store shared by several machines the file may simply live on another one: a
             # miss here, and the entry stays for the machine that has it. Alone, it is stale.
             if self._store.dialect != "postgresql":
                 await self._drop([key])
             return None
         await self._store.write("UPDATE image_cache SET last_used_at = ? WHERE key = ?", (iso(self._utcnow()), key))
-        return CacheHit(key, row["sha256"], DownloadedImage(data, kind), row["source_job_id"], row["request_id"])
+        return CacheHit(key, row["sha256"], image, row["source_job_id"], row["request_id"])
 
     async def put(self, key: str, sha256: str, size: int, *, job_id: int, request_id: str | None) -> None:
         now = iso(self._utcnow())

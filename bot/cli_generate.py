@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,11 +15,11 @@ from bot.cli_outcome import describe_failure, exit_code_for
 from bot.config import Settings
 from bot.contracts import Requester
 from bot.errors import ImagineError
-from bot.imaging.download import DownloadedImage
 from bot.pipeline import Pipeline
 from bot.presets import size_label
 from bot.requests import GenerationRequest, RequestBuilder
 from bot.scheduler import QueuePosition
+from bot.storage.images import OpenImage
 from bot.storage.jobs import Job
 from bot.storage.reports import fen_to_cny
 
@@ -41,11 +42,11 @@ class FileDelivery:
     async def started(self, job: Job) -> None:
         self._progress.status("generating")
 
-    async def deliver(self, job: Job, image: DownloadedImage) -> None:
+    async def deliver(self, job: Job, image: OpenImage) -> None:
         path = self._output or Path(f"{self._name_prefix}-{job.id}.{image.extension}")
-        await asyncio.to_thread(_write_file, path, image.data)
+        await asyncio.to_thread(_copy_file, image, path)
         self.written = path
-        self.written_bytes = len(image.data)
+        self.written_bytes = image.size
 
     async def failed(self, job: Job, error: BaseException) -> None:
         self.error = error
@@ -54,9 +55,12 @@ class FileDelivery:
         """CLI jobs belong to no guild: there is no moderation log to post to."""
 
 
-def _write_file(path: Path, data: bytes) -> None:
+def _copy_file(image: OpenImage, path: Path) -> None:
+    """A copy, never a move: the stored file may stay in the result cache."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    image.file.seek(0)
+    with path.open("wb") as out:
+        shutil.copyfileobj(image.file, out)
 
 
 class Progress:

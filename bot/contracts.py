@@ -8,8 +8,8 @@ from datetime import datetime
 from typing import Protocol
 
 from bot.errors import ImagineError
-from bot.imaging.download import DownloadedImage
 from bot.scheduler import QueuePosition
+from bot.storage.images import OpenImage
 from bot.storage.jobs import Job
 
 CLI_GUILD = "cli"
@@ -56,9 +56,10 @@ class Delivery(Protocol):
 
     async def started(self, job: Job) -> None: ...
 
-    async def deliver(self, job: Job, image: DownloadedImage) -> int | None:
-        """Show the image; the id of the message that carries it, when there is one."""
-        ...
+    async def deliver(self, job: Job, image: OpenImage) -> int | None:
+        """Show the image; the id of the message that carries it, when there is one. Read
+        `image.file` (seek to its start first) in pieces, never whole; the caller closes it. Its path
+        may be gone already: another job may have released the same bytes."""
 
     async def failed(self, job: Job, error: BaseException) -> None: ...
 

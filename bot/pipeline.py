@@ -18,7 +18,7 @@ from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.contracts import Delivery
 from bot.gatekeeper import Gatekeeper
-from bot.imaging.client import ImageClient
+from bot.imaging.client import ImageClient, answer_limit
 from bot.imaging.download import ImageFetcher
 from bot.imaging.retry import RetryPolicy
 from bot.limiter import UpstreamLimiter
@@ -94,6 +94,8 @@ class Pipeline:
         health = UpstreamHealth()  # every upstream attempt's outcome, for /imagine-admin status
         try:
             assert settings.nebula_api_key is not None  # checked by require() above
+            images = ImageStore(settings.cache_dir)
+            await images.sweep_spool()  # downloads cut short by a kill (SIGKILL, power cut)
             client = ImageClient(
                 http,
                 base_url=settings.nebula_base_url,
@@ -106,9 +108,11 @@ class Pipeline:
                 shape=settings.image_request_shape,
                 on_attempt=health.record_attempt,
                 metrics=metrics,
+                max_answer_bytes=answer_limit(settings.image_max_bytes),
             )
             fetcher = ImageFetcher(
                 http,
+                store=images,
                 allowlist=settings.image_host_allowlist,
                 gateway_url=settings.nebula_base_url,
                 max_bytes=settings.image_max_bytes,
@@ -122,7 +126,6 @@ class Pipeline:
                 lead_s=PERMIT_LEAD_S,
             )
             gatekeeper = Gatekeeper(settings, GuildStore(store), utcnow=wall_clock)
-            images = ImageStore(settings.cache_dir)
             cache = ResultCache(
                 store,
                 images,

@@ -22,7 +22,7 @@ from bot.errors import ImagineError
 from bot.gatekeeper import Gatekeeper
 from bot.i18n import Text
 from bot.imaging.client import ImageClient
-from bot.imaging.download import DownloadedImage, ImageFetcher, sniff_kind
+from bot.imaging.download import ImageFetcher
 from bot.imaging.errors import ContentRejected, ImageDownloadError, RateLimited, UpstreamError
 from bot.imaging.models import ImageRequest
 from bot.limiter import Gate
@@ -32,7 +32,7 @@ from bot.modlog import ModerationLog, excerpt
 from bot.requests import params_of
 from bot.scheduler import QueueItem
 from bot.sharing import ResultSharing
-from bot.storage.images import ImageStore
+from bot.storage.images import ImageStore, OpenImage, StoredImage
 from bot.storage.jobs import Job, JobStore
 from bot.storage.quotas import QuotaExceeded
 
@@ -91,20 +91,23 @@ class JobRunner:
         try:
             if job.state == "queued" and await self._take_flight(job, gate):
                 return  # answered from the cache, or following an identical job in flight
+            image: OpenImage | None = None  # an inline image, already in the store and open
             if job.state != "generated":
                 generated = await self._generate(job, gate)
                 if generated is None:
                     return
-                job = generated
+                job, image = generated
             gate.close()  # nothing more to send: an unused permit goes back before the upload
-            await self.deliver(job)
+            await self.deliver(job, image)
         except RateLimited:
             raise  # the scheduler puts the job back at the head of its queue
         except Exception as exc:  # a bug must fail one job, never the bot
             log.exception("job %s failed unexpectedly", job.id)
             await self.fail(job, exc)
 
-    async def _generate(self, job: Job, gate: Gate) -> Job | None:
+    async def _generate(self, job: Job, gate: Gate) -> tuple[Job, OpenImage | None] | None:
+        """The generation: the job marked generated, and its image if it came inline (open); None
+        when it failed (or went back to the queue)."""
         try:
             if not await self.jobs.mark_submitting(job.id):
                 return None
@@ -144,25 +147,37 @@ class JobRunner:
             upstream_fen=billed,
         ):
             self._metrics.upstream_billed(billed)
-        if not image.url:
-            try:
-                inline = await asyncio.to_thread(
-                    self._fetcher.decode_b64, image.b64_json, request_id=response.request_id
-                )
-            except ImageDownloadError as exc:
-                await self.fail(await self._reload(job), exc)
-                return None
-            await self.jobs.set_image(job.id, await self._images.put(inline.data))
-        return await self._reload(job)
-
-    async def deliver(self, job: Job) -> None:
+        if image.url:
+            return await self._reload(job), None
         try:
-            image, sha256 = await self._image_for(job)
-        except ImagineError as exc:
-            await self.fail(job, exc)
-            return
+            inline = await self._fetcher.decode_b64(image.b64_json, request_id=response.request_id)
+        except ImageDownloadError as exc:
+            await self.fail(await self._reload(job), exc)
+            return None
+        try:
+            await self.jobs.set_image(job.id, inline.sha256)
+            return await self._reload(job), inline
+        except BaseException:
+            await inline.close()
+            raise
+
+    async def deliver(self, job: Job, image: OpenImage | None = None) -> None:
+        """Deliver, charge, release. `image`: the job's image, already open (it just came inline);
+        else the stored one, or a fresh download of the URL. Closed when the delivery ends."""
+        if image is None:
+            try:
+                image = await self._image_for(job)
+            except ImagineError as exc:
+                await self.fail(job, exc)
+                return
+        try:
+            await self._deliver_open(job, image)
+        finally:
+            await image.close()
+
+    async def _deliver_open(self, job: Job, image: OpenImage) -> None:
         if not job.cache_hit:
-            await self._share(job, image, sha256)
+            await self._share(job, image)
         result_message_id: int | None = None
         for attempt in range(self.DELIVERY_RETRIES + 1):
             try:
@@ -201,7 +216,7 @@ class JobRunner:
                 ),
             )
         try:  # housekeeping: the user has the image and it is paid for, whatever happens here
-            await self._release_image(sha256)
+            await self._release_image(image.sha256)
         except Exception:
             log.exception("job %s: delivered, but its image file could not be released", job.id)
         self._finish(job.id)
@@ -245,11 +260,11 @@ class JobRunner:
             return False
         return True
 
-    async def _share(self, job: Job, image: DownloadedImage, sha256: str) -> None:
+    async def _share(self, job: Job, image: StoredImage) -> None:
         """A new image: into the cache, and to every identical request waiting on this one."""
         key = self._sharing.key_of(job.id) or await self._job_cache_key(job)
-        for follower in await self._sharing.publish(job.id, key, sha256, len(image.data), job.request_id):
-            if await self.jobs.mark_cache_hit(follower, sha256=sha256, request_id=job.request_id):
+        for follower in await self._sharing.publish(job.id, key, image.sha256, image.size, job.request_id):
+            if await self.jobs.mark_cache_hit(follower, sha256=image.sha256, request_id=job.request_id):
                 self._background.spawn(self.deliver_by_id(follower))
 
     async def _hit_refunds(self, job: Job) -> frozenset[str]:
@@ -278,19 +293,22 @@ class JobRunner:
             log.exception("job %s: delivery failed unexpectedly", job_id)
             await self.fail(job, exc)
 
-    async def _image_for(self, job: Job) -> tuple[DownloadedImage, str]:
-        """The stored bytes if we have them, else a fresh download of the URL (then stored)."""
+    async def _image_for(self, job: Job) -> OpenImage:
+        """The stored image if we have it intact, else a fresh download of the URL into the store;
+        open, so that another job releasing the same bytes cannot take them from this delivery."""
         if job.image_sha256:
-            data = await self._images.get(job.image_sha256)
-            kind = sniff_kind(data) if data else None
-            if data is not None and kind is not None:
-                return DownloadedImage(data=data, kind=kind), job.image_sha256
+            stored = await self._images.open_image(job.image_sha256)
+            if stored is not None:
+                return stored
         if not job.image_url:
             raise ImageLost(Text("error.image_lost"))
         image = await self._fetcher.fetch(job.image_url, request_id=job.request_id)
-        sha256 = await self._images.put(image.data)
-        await self.jobs.set_image(job.id, sha256)
-        return image, sha256
+        try:
+            await self.jobs.set_image(job.id, image.sha256)
+        except BaseException:
+            await image.close()
+            raise
+        return image
 
     async def fail(self, job: Job, error: BaseException, *, shared: bool = False) -> None:
         job = await self._reload(job)  # the current row, with its reply token (erased by mark_failed)

@@ -22,17 +22,18 @@ import pytest
 from bot.config import Settings
 from bot.contracts import Requester
 from bot.errors import LimitReached
-from bot.imaging.download import DownloadedImage
 from bot.imaging.errors import ServerError
 from bot.pipeline import Pipeline
 from bot.requests import GenerationRequest, RequestBuilder
 from bot.scheduler import QueuePosition
 from bot.storage.connect import open_store
 from bot.storage.db import Store
+from bot.storage.images import OpenImage
 from bot.storage.jobs import Job, JobStore, NewJob
 from bot.storage.reports import usage_summary
 from tests.fakes.image_api import FakeImageApi, Reply
 from tests.fakes.png import png_size
+from tests.images import read_image
 
 pytestmark = pytest.mark.both_backends
 #: followers wait in the memory of the process that admitted them; on a queue shared by several
@@ -56,9 +57,9 @@ class RecordingDelivery:
     async def started(self, job: Job) -> None:
         self.events.append(("started", job.id))
 
-    async def deliver(self, job: Job, image: DownloadedImage) -> None:
+    async def deliver(self, job: Job, image: OpenImage) -> None:
         self.events.append(("delivered", job.id))
-        self.delivered[job.id] = image.data
+        self.delivered[job.id] = await asyncio.to_thread(read_image, image)
 
     async def failed(self, job: Job, error: BaseException) -> None:
         self.events.append(("failed", job.id))
@@ -444,6 +445,24 @@ async def test_a_guild_without_the_cache_shares_no_flight_either(pipeline: Pipel
     assert fake_api.generation_count == 2
 
 
+async def test_identical_images_downloaded_at_once_are_all_delivered(
+    settings_for, delivery, clock, fake_api: FakeImageApi
+) -> None:
+    """With the cache off, identical requests each generate, and the fake answers each with the same
+    bytes: their downloads land on one content address. A job that delivered and releases that file
+    must not take it from another job that downloaded it too and has yet to deliver it."""
+    fake_api.latency_s = 0.3
+    async with running(settings_for(cache_ttl_hours=0), delivery, clock) as pipeline:
+        for round in range(5):
+            tickets = await asyncio.gather(
+                *(pipeline.service.submit(imagine(pipeline.settings), member(u)) for u in (101 + round, 201 + round))
+            )
+            jobs = [await asyncio.wait_for(pipeline.service.wait(t.job_id), 30) for t in tickets]
+            assert [j.state for j in jobs] == ["delivered"] * 2, {j.id: delivery.failures.get(j.id) for j in jobs}
+            assert delivery.delivered[jobs[0].id] == delivery.delivered[jobs[1].id]
+    assert [p for p in pipeline.settings.cache_dir.rglob("*") if p.is_file()] == []
+
+
 async def test_a_ttl_of_zero_turns_the_cache_and_shared_flights_off(
     settings_for, delivery, clock, fake_api: FakeImageApi
 ) -> None:
@@ -566,7 +585,7 @@ class SlowUploadDelivery(RecordingDelivery):
         self.slow_job = slow_job
         self.release = asyncio.Event()
 
-    async def deliver(self, job: Job, image: DownloadedImage) -> None:
+    async def deliver(self, job: Job, image: OpenImage) -> None:
         if job.id == self.slow_job:
             await self.release.wait()
         await super().deliver(job, image)

@@ -12,9 +12,9 @@ import pytest
 from bot.config import Settings
 from bot.contracts import Requester
 from bot.errors import LimitReached
-from bot.imaging.download import DownloadedImage
 from bot.pipeline import Pipeline
 from bot.requests import RequestBuilder
+from bot.storage.images import OpenImage
 from bot.storage.jobs import Job
 from tests.fakes.image_api import FakeImageApi
 from tests.test_service import RecordingDelivery
@@ -76,7 +76,7 @@ class ExplodingDelivery(RecordingDelivery):
         super().__init__()
         self.explode_for: set[int] = set()
 
-    async def deliver(self, job: Job, image: DownloadedImage) -> None:
+    async def deliver(self, job: Job, image: OpenImage) -> None:
         if job.id in self.explode_for:
             raise RuntimeError("unexpected bug in the delivery")
         await super().deliver(job, image)

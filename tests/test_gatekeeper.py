@@ -19,7 +19,6 @@ from bot.config import Settings
 from bot.contracts import Requester
 from bot.errors import LimitReached
 from bot.gatekeeper import Gatekeeper, Refused, RuleRefusal
-from bot.imaging.download import DownloadedImage
 from bot.imaging.errors import ContentRejected
 from bot.limits import discord_time
 from bot.moderation import Rule
@@ -29,6 +28,7 @@ from bot.scheduler import QueuePosition
 from bot.storage.connect import open_store
 from bot.storage.db import Store
 from bot.storage.guilds import GuildStore
+from bot.storage.images import OpenImage
 from bot.storage.jobs import Job
 from tests.fakes.image_api import FakeImageApi, Reply
 
@@ -65,7 +65,7 @@ class RecordingDelivery:
     async def started(self, job: Job) -> None:
         return None
 
-    async def deliver(self, job: Job, image: DownloadedImage) -> None:
+    async def deliver(self, job: Job, image: OpenImage) -> None:
         self.delivered.append(job.id)
 
     async def failed(self, job: Job, error: BaseException) -> None:

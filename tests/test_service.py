@@ -13,15 +13,16 @@ import pytest
 from bot.config import Settings
 from bot.contracts import DeliveryError, Requester, ShuttingDown
 from bot.errors import LimitReached
-from bot.imaging.download import DownloadedImage
 from bot.imaging.errors import ContentRejected, ServerError
 from bot.pipeline import Pipeline
 from bot.requests import RequestBuilder
 from bot.scheduler import QueuePosition
 from bot.service import POSITION_DEBOUNCE_S
+from bot.storage.images import OpenImage
 from bot.storage.jobs import Job, JobStore, NewJob
 from tests.fakes.image_api import FakeImageApi, Reply
 from tests.fakes.png import png_size
+from tests.images import read_image
 
 pytestmark = pytest.mark.both_backends
 
@@ -40,11 +41,11 @@ class RecordingDelivery:
     async def started(self, job: Job) -> None:
         self.events.append(("started", job.id))
 
-    async def deliver(self, job: Job, image: DownloadedImage) -> None:
+    async def deliver(self, job: Job, image: OpenImage) -> None:
         if self.fail_next:
             raise self.fail_next.pop(0)
         self.events.append(("delivered", job.id))
-        self.delivered[job.id] = image.data
+        self.delivered[job.id] = await asyncio.to_thread(read_image, image)
 
     async def failed(self, job: Job, error: BaseException) -> None:
         self.events.append(("failed", job.id))

@@ -4,6 +4,9 @@ Retries happen here and only here (policy in `retry.py`). Every attempt, retries
 runs inside `gate.attempt()`, which is how the scheduler's global limiter sees every upstream
 call and pauses everyone on a 429. Every attempt's outcome is told to `on_attempt` (the status
 command's upstream health), retried 429s and errors included.
+
+An answer is read up to a bound (`answer_limit`): an image inline in base64 makes it large, and
+one that never ends must not take the bot's memory with it.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ SAFETY_TEXTS = (
     "Input data is suspected of being involved in IP infringement",
     "The image content does not comply with green network verification",
 )
+# Headers that describe the body as sent on the wire; a body read (and decoded) here drops them.
+_BODY_FRAMING = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 # Failures where the request never reached the server: retrying cannot cause a second charge.
 _NEVER_SENT = (
     httpx.ConnectError,
@@ -71,6 +76,12 @@ _NEVER_SENT = (
     httpx.WriteError,
     httpx.WriteTimeout,
 )
+
+
+def answer_limit(image_max_bytes: int) -> int:
+    """The largest generation answer read: an inline image of IMAGE_MAX_BYTES is 4/3 as long in
+    base64 (a JSON encoder may escape its '/' too: 1/64 of it), plus room for the rest of the JSON."""
+    return image_max_bytes * 3 // 2 + 1024 * 1024
 
 
 class SendStamp(Protocol):
@@ -124,10 +135,13 @@ class ImageClient:
         rng: random.Random | None = None,
         on_attempt: Callable[[UpstreamError | None], None] | None = None,
         metrics: Metrics | None = None,
+        max_answer_bytes: int = answer_limit(10 * 1024 * 1024),
     ) -> None:
-        """`on_attempt`: told how each attempt ended, None for an answer, else its error."""
+        """`on_attempt`: told how each attempt ended, None for an answer, else its error.
+        `max_answer_bytes`: the longest answer read (see `answer_limit`)."""
         self._http = http
         self._metrics = metrics or Metrics()
+        self._max_answer_bytes = max_answer_bytes
         self._url = base_url.rstrip("/") + "/images/generations"
         self._api_key = api_key
         self._timeout_s = timeout_s
@@ -178,14 +192,16 @@ class ImageClient:
         try:
             # An overall deadline on top of httpx's per-phase timeouts.
             async with asyncio.timeout(self._timeout_s + 5):
-                response = await self._http.post(
+                async with self._http.stream(
+                    "POST",
                     self._url,
                     json=body,
                     headers=headers,
                     timeout=self._timeout,
                     extensions={"trace": _stamp_when_sent(stamp)},
-                )
-            stamp.sent()  # a no-op once traced; a late (so cautious) stamp for transports that do not trace
+                ) as streamed:
+                    stamp.sent()  # a no-op once traced; a late (so cautious) stamp for transports that do not trace
+                    response = await _read_answer(streamed, self._max_answer_bytes)
         except _NEVER_SENT as exc:
             raise ServerError(f"could not reach the image API ({_network_error(exc)})") from None
         except (httpx.TimeoutException, TimeoutError):
@@ -203,9 +219,29 @@ def _network_error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
+async def _read_answer(response: httpx.Response, limit: int) -> httpx.Response:
+    """The streamed answer read whole, but never more than `limit` bytes (then MalformedResponse: the
+    request was sent, so it is not retried); as a response whose body is already decoded."""
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.aiter_bytes():
+        total += len(chunk)
+        if total > limit:
+            raise MalformedResponse(
+                f"the image API's answer is larger than {limit:,} bytes", request_id=_header_request_id(response)
+            )
+        chunks.append(chunk)
+    headers = [(key, value) for key, value in response.headers.multi_items() if key.lower() not in _BODY_FRAMING]
+    return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks), request=response.request)
+
+
+def _header_request_id(response: httpx.Response) -> str | None:
+    return response.headers.get("x-request-id") or response.headers.get("x-dashscope-request-id")
+
+
 def parse_response(response: httpx.Response) -> ImageResponse:
     """Turn an HTTP answer into a response or the error of the table (HTTP status or body code)."""
-    request_id = response.headers.get("x-request-id") or response.headers.get("x-dashscope-request-id")
+    request_id = _header_request_id(response)
     body = _json_object(response)
     body_code = body.get("code") if body is not None else None
     if response.status_code != 200:

@@ -6,6 +6,11 @@ IMAGE_HOST_ALLOWLIST or be the gateway's; redirects are followed by hand and eac
 again; the body is streamed under IMAGE_MAX_BYTES (checked on Content-Length and on bytes read);
 the content type and the magic bytes must both say PNG, JPEG or WebP; the whole fetch has a
 deadline. Inline `b64_json` images pass the same size and type checks.
+
+Memory: an image is never held whole. The body streams into a spool file of the image store
+(`bot/storage/images.py`), hashed on the way, in batches of about FLUSH_BYTES; the magic bytes
+are checked on the first bytes, before anything is written, and the byte cap before each chunk is
+written, so a refused image leaves at most IMAGE_MAX_BYTES on disk, and only until it is deleted.
 """
 
 from __future__ import annotations
@@ -15,42 +20,23 @@ import base64
 import binascii
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 
 from bot.imaging.errors import ForbiddenImageSource, ImageTooLarge, ImageUnavailable, UnsupportedImage
+from bot.imaging.kinds import SNIFF_BYTES, sniff_kind
+from bot.storage.images import ImageStore, OpenImage, Spool
 
 log = logging.getLogger("imagine.imaging")
 
 _REDIRECTS = (301, 302, 303, 307, 308)
 _TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/webp": "webp"}
-
-
-@dataclass(frozen=True, slots=True)
-class DownloadedImage:
-    data: bytes
-    kind: str  # "png" | "jpeg" | "webp"
-
-    @property
-    def extension(self) -> str:
-        return "jpg" if self.kind == "jpeg" else self.kind
-
-    @property
-    def content_type(self) -> str:
-        return f"image/{self.kind}"
-
-
-def sniff_kind(data: bytes) -> str | None:
-    """The image type by its magic bytes, or None."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
+#: downloaded bytes are written to the spool file in batches of about this size (one worker
+#: thread hop each): what a download holds in memory besides the HTTP client's own buffers
+FLUSH_BYTES = 256 * 1024
+#: inline base64 is decoded this many characters at a time (a multiple of 4)
+B64_STEP = 256 * 1024
 
 
 class ImageFetcher:
@@ -58,6 +44,7 @@ class ImageFetcher:
         self,
         http: httpx.AsyncClient,
         *,
+        store: ImageStore,
         allowlist: Sequence[str],
         gateway_url: str,
         max_bytes: int,
@@ -67,6 +54,7 @@ class ImageFetcher:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._http = http
+        self._store = store
         self._patterns = tuple(p.strip().lower() for p in allowlist if p.strip())
         gateway = urlsplit(gateway_url)
         self._gateway_host = (gateway.hostname or "").lower()
@@ -80,8 +68,10 @@ class ImageFetcher:
         self._sleep = sleep
 
     # -- public -----------------------------------------------------------------------------------
-    async def fetch(self, url: str, *, request_id: str | None = None) -> DownloadedImage:
-        """Download and check; transient failures (network, 5xx) are tried again a few times."""
+    async def fetch(self, url: str, *, request_id: str | None = None) -> OpenImage:
+        """Download and check, into the image store: the image, open (the caller closes it);
+        transient failures (network, 5xx) are tried again a few times (each attempt on a spool file
+        of its own)."""
         attempt = 0
         while True:
             try:
@@ -99,17 +89,15 @@ class ImageFetcher:
             log.warning("image download failed (%s); retry %d/%d", error.message, attempt, self._retries)
             await self._sleep(0.5 * attempt)
 
-    def decode_b64(self, b64: str, *, request_id: str | None = None) -> DownloadedImage:
-        """An inline image: same size and type rules as a download."""
+    async def decode_b64(self, b64: str, *, request_id: str | None = None) -> OpenImage:
+        """An inline image, into the image store: same size and type rules as a download; open (the
+        caller closes it). Decoded a piece at a time in a worker thread, so its bytes never sit in
+        memory whole beside the text."""
         if len(b64) * 3 // 4 > self._max_bytes + 3:
             raise self._too_large(len(b64) * 3 // 4, request_id)
-        try:
-            data = base64.b64decode(b64, validate=True)
-        except (binascii.Error, ValueError):
-            raise UnsupportedImage("the inline image is not valid base64", request_id=request_id) from None
-        if len(data) > self._max_bytes:
-            raise self._too_large(len(data), request_id)
-        return self._checked(data, declared=None, request_id=request_id)
+        async with self._store.spool() as spool:
+            kind = await asyncio.to_thread(self._decode_into, spool, b64, request_id)
+            return await spool.commit(kind)
 
     def check_url(self, url: str, *, request_id: str | None = None) -> None:
         """Refuse anything but https to an allowed host (or http to the gateway itself, if it is http)."""
@@ -140,7 +128,7 @@ class ImageFetcher:
                 return True
         return False
 
-    async def _fetch_once(self, url: str, request_id: str | None) -> DownloadedImage:
+    async def _fetch_once(self, url: str, request_id: str | None) -> OpenImage:
         for _ in range(self._max_redirects + 1):
             self.check_url(url, request_id=request_id)
             try:
@@ -158,7 +146,7 @@ class ImageFetcher:
                 ) from None
         raise ForbiddenImageSource("the image URL redirected too many times", request_id=request_id)
 
-    async def _read(self, response: httpx.Response, request_id: str | None) -> DownloadedImage:
+    async def _read(self, response: httpx.Response, request_id: str | None) -> OpenImage:
         if response.status_code != 200:
             raise ImageUnavailable(
                 f"the image host answered HTTP {response.status_code}",
@@ -172,25 +160,66 @@ class ImageFetcher:
                 f"the image host sent '{content_type or 'no content type'}', not PNG/JPEG/WebP",
                 request_id=request_id,
             )
-        declared = response.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self._max_bytes:
-            raise self._too_large(int(declared), request_id)
-        chunks: list[bytes] = []
-        total = 0
+        length = response.headers.get("content-length")
+        if length and length.isdigit() and int(length) > self._max_bytes:
+            raise self._too_large(int(length), request_id)
+        async with self._store.spool() as spool:
+            kind = await self._stream(response, spool, _TYPES[content_type], request_id)
+            return await spool.commit(kind)
+
+    async def _stream(self, response: httpx.Response, spool: Spool, declared: str, request_id: str | None) -> str:
+        """The body into the spool file, checked as it comes; the image's kind."""
+        head, kind = b"", None
+        pending: list[bytes] = []
+        pending_bytes = total = 0
         async for chunk in response.aiter_bytes():
             total += len(chunk)
-            if total > self._max_bytes:
+            if total > self._max_bytes:  # before this chunk is written: never more than the cap on disk
                 raise self._too_large(total, request_id, at_least=True)
-            chunks.append(chunk)
-        return self._checked(b"".join(chunks), declared=_TYPES[content_type], request_id=request_id)
+            if kind is None:
+                head += chunk[: SNIFF_BYTES - len(head)]
+                if len(head) >= SNIFF_BYTES:  # decided before anything is written
+                    kind = self._kind_of(head, declared, request_id)
+            pending.append(chunk)
+            pending_bytes += len(chunk)
+            if pending_bytes >= FLUSH_BYTES and kind is not None:
+                await spool.write(pending)
+                pending, pending_bytes = [], 0
+        if kind is None:  # a body shorter than SNIFF_BYTES
+            kind = self._kind_of(head, declared, request_id)
+        await spool.write(pending)
+        return kind
 
-    def _checked(self, data: bytes, *, declared: str | None, request_id: str | None) -> DownloadedImage:
-        kind = sniff_kind(data)
+    def _decode_into(self, spool: Spool, b64: str, request_id: str | None) -> str:
+        """Decode `b64` into the spool file a piece at a time (in a worker thread); the image's kind."""
+        kind: str | None = None
+        for start in range(0, len(b64), B64_STEP):
+            piece = b64[start : start + B64_STEP]
+            # padding only at the very end, as when decoding the whole text at once
+            if "=" in piece and start + B64_STEP < len(b64):
+                raise UnsupportedImage("the inline image is not valid base64", request_id=request_id)
+            try:
+                data = base64.b64decode(piece, validate=True)
+            except (binascii.Error, ValueError):
+                raise UnsupportedImage("the inline image is not valid base64", request_id=request_id) from None
+            if spool.written + len(data) > self._max_bytes:
+                raise self._too_large(spool.written + len(data), request_id)
+            if kind is None:
+                kind = self._kind_of(data[:SNIFF_BYTES], None, request_id)
+            spool.write_now([data])
+        if kind is None:
+            kind = self._kind_of(b"", None, request_id)
+        return kind
+
+    @staticmethod
+    def _kind_of(head: bytes, declared: str | None, request_id: str | None) -> str:
+        """The kind the first bytes show; refused unless an image, of the declared type if any."""
+        kind = sniff_kind(head)
         if kind is None:
             raise UnsupportedImage("the image bytes are not PNG, JPEG or WebP", request_id=request_id)
         if declared is not None and declared != kind:
             raise UnsupportedImage(f"the image claims to be {declared} but its bytes are {kind}", request_id=request_id)
-        return DownloadedImage(data=data, kind=kind)
+        return kind
 
     def _too_large(self, size: int, request_id: str | None, *, at_least: bool = False) -> ImageTooLarge:
         more = "more than " if at_least else ""

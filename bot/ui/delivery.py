@@ -12,10 +12,10 @@ message nonce, so a retried post after a crash cannot appear twice.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -25,8 +25,8 @@ import discord
 from bot import messages
 from bot.contracts import DeliveryError, PrivateReplyClosed
 from bot.i18n import resolve, t
-from bot.imaging.download import DownloadedImage
 from bot.scheduler import QueuePosition
+from bot.storage.images import OpenImage
 from bot.storage.jobs import Job
 from bot.ui import render
 
@@ -72,33 +72,31 @@ class DiscordDelivery:
     async def started(self, job: Job) -> None:
         self._status(job, render.generating_text(job, _reader(job)))
 
-    async def deliver(self, job: Job, image: DownloadedImage) -> int | None:
+    async def deliver(self, job: Job, image: OpenImage) -> int | None:
         filename = render.image_filename(job, image.extension)
         now = self._utcnow()
-
-        def attachment() -> discord.File:  # a File is consumed by one send
-            return discord.File(io.BytesIO(image.data), filename=filename, description="generated image")
-
         async with self._final(job):
             embed = render.result_embed(job, filename, now, _reader(job))
-            if await self._edit_reply(
-                job,
-                content=None,
-                embed=embed,
-                attachments=[attachment()],
-                view=self._view_factory(job.id, _reader(job)),
-            ):
-                return job.message_id
+            async with _attachment(image, filename) as file:  # a File is consumed by one send
+                if await self._edit_reply(
+                    job,
+                    content=None,
+                    embed=embed,
+                    attachments=[file],
+                    view=self._view_factory(job.id, _reader(job)),
+                ):
+                    return job.message_id
             if job.private:  # never in the channel: the job fails uncharged and the requester hears by DM
                 raise PrivateReplyClosed(messages.PRIVATE_REPLY_CLOSED)
             server = _server(job)
-            return await self._post_in_channel(
-                job,
-                content=t(server, "delivery.ready", user=job.user_id),
-                embed=render.result_embed(job, filename, now, server),
-                file=attachment(),
-                view=self._view_factory(job.id, server),
-            )
+            async with _attachment(image, filename) as file:
+                return await self._post_in_channel(
+                    job,
+                    content=t(server, "delivery.ready", user=job.user_id),
+                    embed=render.result_embed(job, filename, now, server),
+                    file=file,
+                    view=self._view_factory(job.id, server),
+                )
 
     async def failed(self, job: Job, error: BaseException) -> None:
         if job.channel_id is None:
@@ -235,6 +233,19 @@ def _reader(job: Job) -> str:
 def _server(job: Job) -> str:
     """The server's catalogue, for what its channel shows everyone."""
     return resolve(None, job.guild_locale)
+
+
+@asynccontextmanager
+async def _attachment(image: OpenImage, filename: str) -> AsyncIterator[discord.File]:
+    """The image as an attachment over its open file: discord.py hands the file object to aiohttp,
+    which reads it 64 KiB at a time in a worker thread as the upload goes out (and seeks back for a
+    retried request), so an upload never holds the image in memory."""
+    await asyncio.to_thread(image.file.seek, 0)  # a File starts where the file is
+    file = discord.File(image.file, filename=filename, description="generated image")
+    try:
+        yield file
+    finally:
+        file.close()  # gives the file back its close() (discord.py stubs it out); the runner closes it
 
 
 def _delivery_error(exc: BaseException) -> DeliveryError:

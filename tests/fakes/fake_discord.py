@@ -95,8 +95,11 @@ class FakeDiscord(RestRoutes, GatewayMixin, ControlRoutes):
         port: int = 0,
         callback_timeout: float | None = None,
         max_recorded_requests: int | None = None,
+        attachment_size_limit: int = ATTACHMENT_SIZE_LIMIT,
     ) -> None:
         self._ids = new_snowflake
+        # Discord's default per message; boosted servers allow more (the interaction says how much)
+        self.attachment_size_limit = attachment_size_limit
         self.bot_token = bot_token
         self.application_id = application_id or self._ids()
         self.bot_user_id = bot_user_id or self.application_id
@@ -472,7 +475,7 @@ class FakeDiscord(RestRoutes, GatewayMixin, ControlRoutes):
             "version": 1,
             "locale": locale,
             "entitlements": [],
-            "attachment_size_limit": ATTACHMENT_SIZE_LIMIT,
+            "attachment_size_limit": self.attachment_size_limit,
             "app_permissions": DEFAULT_PERMISSIONS,
         }
         with self._lock:

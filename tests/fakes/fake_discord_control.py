@@ -2,11 +2,14 @@
 
 A mixin of ``FakeDiscord`` (``fake_discord.py``), used by benchmarks that run the fake standalone:
 ``POST /_control/slash`` {name, options, guild_id, channel_id, user_id, subcommand...} -> {id, token};
-``POST /_control/click`` {message_id, custom_id, user_id}; ``GET /_control/messages`` (no bytes,
-attachment sizes only); ``GET /_control/state``.
+``POST /_control/click`` {message_id, custom_id, user_id}; ``GET /_control/messages`` (no bytes:
+attachment sizes and SHA-256s); ``GET /_control/state``.
 """
 
 from __future__ import annotations
+
+import hashlib
+from typing import Any
 
 from aiohttp import web
 
@@ -76,7 +79,12 @@ class ControlRoutes:
                     "embeds": m.embeds,
                     "components": m.components,
                     "attachments": [
-                        {"filename": a["filename"], "size": a["size"], "content_type": a["content_type"]}
+                        {
+                            "filename": a["filename"],
+                            "size": a["size"],
+                            "content_type": a["content_type"],
+                            "sha256": _sha256_of(a),
+                        }
                         for a in m.attachments
                     ],
                     "flags": m.flags,
@@ -104,3 +112,10 @@ class ControlRoutes:
                 ],
             }
         return json_response(state)
+
+
+def _sha256_of(attachment: dict[str, Any]) -> str:
+    """An attachment's SHA-256, computed once (a benchmark polls the messages)."""
+    if "sha256" not in attachment:
+        attachment["sha256"] = hashlib.sha256(attachment["bytes"]).hexdigest()
+    return attachment["sha256"]

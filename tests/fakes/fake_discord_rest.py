@@ -17,7 +17,6 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from tests.fakes.fake_discord_models import (
-    ATTACHMENT_SIZE_LIMIT,
     EPHEMERAL,
     LOADING,
     SUPPRESS_EMBEDS,
@@ -188,7 +187,7 @@ class RestRoutes:
             return invalid_form("content", "BASE_TYPE_MAX_LENGTH", "Must be 2000 or fewer in length.")
         if len(data.get("embeds") or []) > 10:
             return invalid_form("embeds", "BASE_TYPE_MAX_LENGTH", "Must be 10 or fewer in length.")
-        if sum(len(u.data) for u in uploads) > ATTACHMENT_SIZE_LIMIT:
+        if sum(len(u.data) for u in uploads) > self.attachment_size_limit:
             return error_response("too_large")
         seen: set[str] = set()
         for comp in walk_components(data.get("components") or []):

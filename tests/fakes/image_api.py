@@ -7,8 +7,13 @@ hostile downloads, dropped or hanging connections). It can also enforce rate and
 limits, so a benchmark can prove the bot's own limiter never earns a 429.
 
 ``GET /_stats`` (for benchmarks that run the fake as a process of its own) answers with the
-counters, the start time (on the fake's clock) of every generation it admitted, and the time of
-every 429 its limits sent.
+counters, the start time (on the fake's clock) of every generation it admitted, the time of
+every 429 its limits sent, and every sized image it served (when it started and stopped sending,
+how much it sent, whether the client read it all, and the SHA-256 of the whole file).
+
+Image sizes: ``image_bytes`` (``--image-bytes``; per reply ``Reply.ok(image_bytes=...)``) serves
+a real PNG padded to exactly that many bytes, each file distinct, declared by Content-Length or
+(``chunked``, ``--chunked``) without one, and streamed only as fast as the client reads.
 
 It runs on its own thread and loop (``LoopbackServer``); every public method and property is
 safe to use from the test's thread.
@@ -36,12 +41,13 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.loopback import LoopbackServer
-from tests.fakes.png import make_png
+from tests.fakes.png import make_png, sized_png, sized_png_prefix, sized_png_tail
 
 DEFAULT_SIZES = ("1328*1328", "1664*928", "928*1664", "1472*1140", "1140*1472")
 OVERSIZED_BYTES = 64 * 1024 * 1024
 _CHUNK = b"\x00" * (64 * 1024)
 _JUNK = bytes(range(256)) * 256
+_SEND_PIECE = 256 * 1024  # a sized image goes out in pieces this big
 # A tiny JPEG-looking body: SOI, a JFIF APP0 segment, EOI. Enough for magic-byte sniffing.
 TINY_JPEG = bytes.fromhex("ffd8ffe000104a46494600010100000100010000ffd9")
 IMAGE_KINDS = frozenset(
@@ -74,6 +80,8 @@ class Reply:
     redirect_to: str | None = None
     text: str = ""
     content_type: str = "application/json"
+    image_bytes: int | None = None  # an "ok" image padded to this size (None: the fake's default)
+    chunked: bool = False  # a sized image sent without Content-Length
 
     def __post_init__(self) -> None:
         if self.image not in IMAGE_KINDS:  # catch typos in tests early
@@ -88,9 +96,22 @@ class Reply:
         image: str = "ok",
         url: str | None = None,
         redirect_to: str | None = None,
+        image_bytes: int | None = None,
+        chunked: bool = False,
     ) -> Reply:
-        """Success; ``image`` picks how the served URL behaves, ``url`` replaces it verbatim."""
-        return cls("ok", delay, b64=b64, revised_prompt=revised_prompt, image=image, url=url, redirect_to=redirect_to)
+        """Success; ``image`` picks how the served URL behaves, ``url`` replaces it verbatim;
+        ``image_bytes`` pads the PNG (served or inline) to that size, ``chunked`` drops its length."""
+        return cls(
+            "ok",
+            delay,
+            b64=b64,
+            revised_prompt=revised_prompt,
+            image=image,
+            url=url,
+            redirect_to=redirect_to,
+            image_bytes=image_bytes,
+            chunked=chunked,
+        )
 
     @classmethod
     def no_image(cls, delay: float | None = None) -> Reply:
@@ -157,6 +178,24 @@ class _File:
     height: int
     seed: int
     redirect_to: str | None = None
+    size: int | None = None  # a sized PNG of exactly this many bytes
+    chunked: bool = False
+
+
+@dataclass
+class Transfer:
+    """One sized image as served: on the fake's clock, how much went out, and its SHA-256."""
+
+    name: str
+    size: int
+    sha256: str
+    started_at: float  # the response's headers are out: sending begins
+    ended_at: float | None = None  # the last byte went out, or the client hung up
+    sent: int = 0  # bytes handed to the socket (the kernel may not have delivered them all)
+    complete: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 class _Invalid(Exception):
@@ -173,6 +212,7 @@ class _State:
     starts: collections.deque[float] = field(default_factory=collections.deque)
     admitted: list[float] = field(default_factory=list)  # every admitted start, never pruned
     refused: list[float] = field(default_factory=list)  # when each rate/concurrency 429 was sent
+    transfers: list[Transfer] = field(default_factory=list)  # sized images served
     generation_count: int = 0
     rate_limited_count: int = 0
     in_flight: int = 0
@@ -195,10 +235,14 @@ class FakeImageApi:
         latency_s: float = 0.0,
         rpm_limit: int | None = None,
         concurrency_limit: int | None = None,
+        image_bytes: int | None = None,
+        chunked: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         self.api_key = api_key
+        self.image_bytes = image_bytes  # the size of every "ok" image a reply does not size itself
+        self.chunked = chunked  # sized images go out without Content-Length, whatever the reply says
         self.model = model
         self.sizes = tuple(sizes)
         self.latency_s = latency_s
@@ -289,6 +333,20 @@ class FakeImageApi:
             return len(self._state.script)
 
     @property
+    def transfers(self) -> list[Transfer]:
+        """The sized images served so far, in the order they started."""
+        with self._lock:
+            return copy.deepcopy(self._state.transfers)
+
+    def served_image(self, url: str) -> bytes:
+        """The exact bytes the fake serves at a sized image's URL (for byte-for-byte checks)."""
+        name = url.rsplit("/", 1)[-1]
+        with self._lock:
+            spec = self._files[name]
+        assert spec.size is not None, "not a sized image"
+        return sized_png(spec.width, spec.height, spec.seed, spec.size, name.encode())
+
+    @property
     def admitted_starts(self) -> list[float]:
         """When each admitted generation started (the fake's clock, seconds), oldest first."""
         with self._lock:
@@ -307,6 +365,7 @@ class FakeImageApi:
                 "max_in_flight": state.max_in_flight,
                 "starts": list(state.admitted),
                 "rate_limited_at": list(state.refused),
+                "transfers": [t.as_dict() for t in state.transfers],
             }
 
     async def _handle_stats(self, request: web.Request) -> web.Response:
@@ -449,16 +508,21 @@ class FakeImageApi:
 
     async def _success(self, reply: Reply, request_id: str, prompt: str, width: int, height: int) -> web.Response:
         seed = zlib.crc32(prompt.encode()) & 0x3  # same prompt, same picture; few PNGs, so the cache holds them
+        size = (reply.image_bytes or self.image_bytes) if reply.image == "ok" else None
         b64 = ""
         if reply.b64:
-            png = await asyncio.to_thread(make_png, width, height, seed)
+            if size is not None:
+                png = await asyncio.to_thread(sized_png, width, height, seed, size, request_id.encode())
+            else:
+                png = await asyncio.to_thread(make_png, width, height, seed)
             b64, url = base64.b64encode(png).decode("ascii"), ""
         elif reply.url is not None:
             url = reply.url
         else:
             name = f"{uuid.uuid4()}.png"
             with self._lock:
-                self._files[name] = _File(reply.image, width, height, seed, reply.redirect_to)
+                chunked = reply.chunked or self.chunked
+                self._files[name] = _File(reply.image, width, height, seed, reply.redirect_to, size, chunked)
             url = f"{self.url}/files/{name}"
         item = {"url": url, "b64_json": b64, "revised_prompt": reply.revised_prompt}
         with self._lock:
@@ -493,6 +557,8 @@ class FakeImageApi:
             spec = self._files.get(name)
         if spec is None or spec.kind == "missing":
             return web.json_response(_envelope(404, "File not found"), status=404)
+        if spec.kind == "ok" and spec.size is not None:
+            return await self._stream_sized(request, name, spec)
         if spec.kind == "ok":
             png = await asyncio.to_thread(make_png, spec.width, spec.height, spec.seed)
             return web.Response(body=png, content_type="image/png")
@@ -537,6 +603,42 @@ class FakeImageApi:
             self._tasks.discard(task)  # type: ignore[arg-type]
         return response
 
+    async def _stream_sized(self, request: web.Request, name: str, spec: _File) -> web.StreamResponse:
+        """A sized PNG in pieces, only as fast as the client reads; the transfer is recorded."""
+        assert spec.size is not None
+        prefix, prefix_hash = await asyncio.to_thread(sized_png_prefix, spec.width, spec.height, spec.seed, spec.size)
+        tail = sized_png_tail(name.encode())
+        whole = prefix_hash.copy()
+        whole.update(tail)
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        if spec.chunked:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = spec.size
+        self._tasks.add(task := asyncio.current_task())  # type: ignore[arg-type]
+        transfer: Transfer | None = None
+        try:
+            await response.prepare(request)
+            transfer = Transfer(name, spec.size, whole.hexdigest(), started_at=self._clock())
+            with self._lock:
+                self._state.transfers.append(transfer)
+            view = memoryview(prefix)
+            for start in range(0, len(view), _SEND_PIECE):
+                piece = view[start : start + _SEND_PIECE]
+                await response.write(piece)
+                transfer.sent += len(piece)
+            await response.write(tail)
+            transfer.sent += len(tail)
+            await response.write_eof()
+            transfer.complete = True
+        except ConnectionError:
+            pass  # the client hung up (a size cap, say)
+        finally:
+            if transfer is not None:
+                transfer.ended_at = self._clock()
+            self._tasks.discard(task)  # type: ignore[arg-type]
+        return response
+
     async def _cancel_handlers(self) -> None:
         tasks = [t for t in self._tasks if t is not asyncio.current_task()]
         for task in tasks:
@@ -578,6 +680,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", default="test-key")
     parser.add_argument("--rpm", type=int, default=None, help="enforce this many generations per minute")
     parser.add_argument("--concurrency", type=int, default=None, help="enforce this many in flight")
+    parser.add_argument("--image-bytes", type=int, default=None, help="pad every image to this many bytes")
+    parser.add_argument("--chunked", action="store_true", help="send sized images without Content-Length")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -587,6 +691,8 @@ def main(argv: list[str] | None = None) -> int:
         latency_s=args.latency,
         rpm_limit=args.rpm,
         concurrency_limit=args.concurrency,
+        image_bytes=args.image_bytes,
+        chunked=args.chunked,
         host=args.host,
         port=args.port,
     )

@@ -7,6 +7,8 @@ genuine PNGs; a solid-ish striped pattern keeps encoding fast even at 1664x928.
 from __future__ import annotations
 
 import functools
+import hashlib
+import random
 import struct
 import zlib
 
@@ -42,6 +44,45 @@ def make_png(width: int, height: int, seed: int = 0) -> bytes:
     raw = band_pair * pairs + tail
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit, RGB, no interlace
     return PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw, 3)) + _chunk(b"IEND", b"")
+
+
+# A private ancillary chunk ("fkPd": ancillary, private, safe to copy) that decoders skip: it pads
+# an image to the size a test asks for, as real 2-7 MB outputs of the model are.
+PADDING_CHUNK = b"fkPd"
+_CHUNK_OVERHEAD = 12  # length, type, CRC
+_IEND = _chunk(b"IEND", b"")
+
+
+@functools.lru_cache(maxsize=4)
+def sized_png_prefix(width: int, height: int, seed: int, size: int) -> tuple[bytes, hashlib._Hash]:
+    """All of a sized PNG but its last `SIZED_TAIL_BYTES` (the per-file tag and IEND), and the
+    SHA-256 state over it: every file of that size shares this prefix, so it is built once."""
+    base = make_png(width, height, seed)[: -len(_IEND)]
+    padding = size - len(base) - _CHUNK_OVERHEAD - SIZED_TAIL_BYTES
+    if padding < 0:
+        raise ValueError(f"a {width}x{height} PNG needs at least {size - padding} bytes, not {size}")
+    # incompressible filler, as a real PNG's deflated pixels are
+    prefix = base + _chunk(PADDING_CHUNK, random.Random(seed).randbytes(padding))
+    return prefix, hashlib.sha256(prefix)
+
+
+def _tag_chunk(tag: bytes) -> bytes:
+    """A tEXt chunk that makes each file of the same size distinct (16 bytes of tag)."""
+    return _chunk(b"tEXt", b"Comment\x00" + tag.ljust(16, b"\x00")[:16])
+
+
+SIZED_TAIL_BYTES = len(_tag_chunk(b"")) + len(_IEND)
+
+
+def sized_png_tail(tag: bytes) -> bytes:
+    """The end of a sized PNG: the file's own tag, then IEND."""
+    return _tag_chunk(tag) + _IEND
+
+
+def sized_png(width: int, height: int, seed: int, size: int, tag: bytes = b"") -> bytes:
+    """A valid PNG of `width` x `height` that is exactly `size` bytes long, distinct per `tag`."""
+    prefix, _ = sized_png_prefix(width, height, seed, size)
+    return prefix + sized_png_tail(tag)
 
 
 def png_size(data: bytes) -> tuple[int, int]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import os
 import select
 import struct
 import subprocess
 import sys
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -234,6 +236,62 @@ def test_oversized_chunked_has_no_length_and_streams_until_the_client_leaves(fak
             if received > 1024 * 1024:
                 break
     assert received > 1024 * 1024
+
+
+def test_sized_image_is_a_valid_png_of_exactly_that_size_distinct_per_file(fake, client):
+    size = 3 * 1024 * 1024 + 7
+    first_url, second_url = (image_url(client, Reply.ok(image_bytes=size), fake) for _ in range(2))
+    first, second = client.get(first_url), client.get(second_url)
+    assert int(first.headers["content-length"]) == size
+    assert len(first.content) == len(second.content) == size
+    assert png_size(first.content) == (1328, 1328) and first.content != second.content
+    assert _chunks_are_sound(first.content)
+    assert first.content == fake.served_image(first_url)
+    [one, two] = fake.transfers
+    assert one.complete and one.sent == size and one.sha256 == hashlib.sha256(first.content).hexdigest()
+    assert one.ended_at is not None and one.ended_at >= one.started_at and two.complete
+
+
+def test_sized_chunked_image_has_no_length(fake, client):
+    url = image_url(client, Reply.ok(image_bytes=200_000, chunked=True), fake)
+    response = client.get(url)
+    assert "content-length" not in response.headers
+    assert response.content == fake.served_image(url)
+
+
+def test_default_image_size_applies_to_unscripted_replies_and_inline_images():
+    with FakeImageApi(image_bytes=150_000) as sized, httpx.Client(base_url=sized.base_url, headers=AUTH) as client:
+        url = client.post(GEN, json=simple_body()).json()["data"]["data"][0]["url"]
+        assert len(client.get(url).content) == 150_000
+        sized.script(Reply.ok(b64=True))
+        inline = client.post(GEN, json=simple_body()).json()["data"]["data"][0]["b64_json"]
+        assert len(base64.b64decode(inline)) == 150_000
+
+
+def test_a_client_that_hangs_up_ends_the_transfer_incomplete(fake, client):
+    size = 32 * 1024 * 1024
+    with client.stream("GET", image_url(client, Reply.ok(image_bytes=size), fake)) as response:
+        next(response.iter_raw())
+    for _ in range(200):  # the fake notices the hang-up on its next write
+        [transfer] = fake.transfers
+        if transfer.ended_at is not None:
+            break
+        time.sleep(0.02)
+    assert transfer.ended_at is not None and not transfer.complete and transfer.sent < size
+
+
+def _chunks_are_sound(data: bytes) -> bool:
+    """Every chunk's CRC matches and the file ends with IEND."""
+    at, kinds = len(PNG_SIGNATURE), []
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        kind, payload = data[at + 4 : at + 8], data[at + 8 : at + 8 + length]
+        (crc,) = struct.unpack(">I", data[at + 8 + length : at + 12 + length])
+        if zlib.crc32(kind + payload) & 0xFFFFFFFF != crc:
+            return False
+        kinds.append(kind)
+        at += 12 + length
+    return at == len(data) and kinds[0] == b"IHDR" and kinds[-1] == b"IEND"
 
 
 def test_redirect_defaults_to_a_good_image_on_the_fake(fake, client):

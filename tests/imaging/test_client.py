@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
+import json
 import random
 import socket
 from contextlib import asynccontextmanager
 
 import httpx
 import pytest
+from aiohttp import web
 from pydantic import SecretStr
 
-from bot.imaging.client import ImageClient, parse_response
+from bot.imaging.client import ImageClient, answer_limit, parse_response
 from bot.imaging.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -25,6 +29,7 @@ from bot.imaging.models import ImageRequest
 from bot.imaging.retry import RetryPolicy
 from tests.conftest import TEST_API_KEY
 from tests.fakes.image_api import FakeImageApi, Reply
+from tests.fakes.loopback import LoopbackServer
 
 REQUEST = ImageRequest(model="qwen-image-plus", prompt="A cute orange kitten", size="1328*1328")
 
@@ -81,6 +86,42 @@ async def test_success_parses_the_documented_shape(http, fake_api: FakeImageApi)
     assert (response.width, response.height, response.image_count) == (1328, 1328, 1)
     recorded = fake_api.requests[0]
     assert response.request_id == recorded.request_id
+
+
+async def test_an_inline_image_answer_is_read_within_its_bound(http, fake_api: FakeImageApi) -> None:
+    """A 2 MiB image inline in base64 (2.7 MB of JSON) fits the bound IMAGE_MAX_BYTES = 2 MiB gives."""
+    client, _ = make_client(http, fake_api.base_url, max_answer_bytes=answer_limit(2 * 1024 * 1024))
+    fake_api.script(Reply.ok(b64=True, image_bytes=2 * 1024 * 1024))
+    response = await client.generate(REQUEST)
+    assert len(base64.b64decode(response.first.b64_json)) == 2 * 1024 * 1024
+
+
+async def test_an_answer_past_its_bound_is_refused_and_not_retried(http, fake_api: FakeImageApi) -> None:
+    """A base64 answer longer than the bound is not read further (the request was sent: the image
+    may be billed, so it is not asked for again)."""
+    gate = CountingGate()
+    client, sleep = make_client(http, fake_api.base_url, max_answer_bytes=1024 * 1024)
+    fake_api.script(Reply.ok(b64=True, image_bytes=2 * 1024 * 1024))
+    with pytest.raises(MalformedResponse, match="larger than 1,048,576 bytes") as caught:
+        await client.generate(REQUEST, gate=gate)
+    assert caught.value.request_id == fake_api.requests[0].request_id
+    assert (gate.attempts, sleep.delays, len(fake_api.requests)) == (1, [], 1)
+
+
+async def test_a_gzipped_answer_is_decoded_once(http) -> None:
+    """The body is decoded while it is read; the answer parsed afterwards must not decode it again."""
+    body = json.dumps({"code": 200, "msg": "ok", "data": {"data": [{"url": "https://x.aliyuncs.com/a.png"}]}})
+
+    async def gzipped(request: web.Request) -> web.Response:
+        headers = {"Content-Encoding": "gzip", "X-Request-Id": "req-gz"}
+        return web.Response(body=gzip.compress(body.encode()), content_type="application/json", headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/v1/images/generations", gzipped)
+    with LoopbackServer(app) as server:
+        client, _ = make_client(http, server.url + "/v1")
+        response = await client.generate(REQUEST)
+    assert (response.first.url, response.request_id) == ("https://x.aliyuncs.com/a.png", "req-gz")
 
 
 async def test_sends_prompt_extend_and_watermark_explicitly(http, fake_api: FakeImageApi) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.storage.db import SqliteStore, Store
-from bot.storage.images import ImageStore
+from bot.storage.images import ImageStore, StoredImage
 from bot.storage.jobs import JobStore, NewJob, new_local_id
 from bot.storage.migrations import LATEST_VERSION, MIGRATIONS
 from bot.storage.reports import fen_to_cny, usage_summary
@@ -222,14 +222,20 @@ def test_local_ids_are_unique_and_snowflake_shaped() -> None:
 async def test_image_store_round_trip_and_corruption(tmp_path: Path) -> None:
     images = ImageStore(tmp_path / "cache")
     sha = await images.put(b"\x89PNG\r\n\x1a\nabc")
-    assert await images.get(sha) == b"\x89PNG\r\n\x1a\nabc"
+    stored = await images.open_image(sha)
+    assert stored is not None and (stored.kind, stored.size) == ("png", 11)
+    assert stored.file.read() == stored.path.read_bytes() == b"\x89PNG\r\n\x1a\nabc"
+    await stored.close()
+    assert await images.check(sha) == StoredImage(sha, images.path_for(sha), 11, "png")
     images.path_for(sha).write_bytes(b"torn")
-    assert await images.get(sha) is None  # corrupt reads as missing
-    assert await images.get("0" * 64) is None
-    sha = await images.put(b"again")
+    assert await images.open_image(sha) is None  # corrupt reads as missing
+    assert not images.path_for(sha).exists()  # and is deleted
+    assert await images.open_image("0" * 64) is None
+    sha = await images.put(b"not an image")
+    assert await images.open_image(sha) is None  # intact, but nothing to deliver
     await images.delete(sha)
-    assert await images.get(sha) is None
-    assert not list((tmp_path / "cache").rglob(".tmp-*"))
+    assert not images.path_for(sha).exists()
+    assert list(images.spool_dir.iterdir()) == []
 
 
 # -- cancellation: a write transaction is all-or-nothing and never leaves the connection inside one -------
