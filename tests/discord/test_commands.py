@@ -69,6 +69,7 @@ async def test_imagine_defers_then_edits_the_same_message_with_the_image(harness
     assert embed["image"]["url"] == f"attachment://imagine-{sent.id}.png"
     assert message.custom_ids() == [
         f"imagine:reroll:{sent.id}",
+        f"imagine:remix:{sent.id}",
         f"imagine:details:{sent.id}",
         f"imagine:delete:{sent.id}",
     ]
