@@ -258,3 +258,53 @@ async def test_a_remix_is_held_to_the_same_limits_and_rules_as_a_command(harness
     assert payload["data"]["content"].startswith("You have used your 1 image(s)")
     assert await harness.bot.service.jobs.get(submitted.id) is None  # type: ignore[union-attr]
     assert len(harness.api.requests) == 1
+
+
+# -- 3. "Imagine this" ---------------------------------------------------------------------------------
+
+
+async def test_imagine_this_draws_the_message_text_with_mentions_as_plain_names(harness: BotHarness) -> None:
+    await harness.start()
+    author, mentioned = user(0), user(1)
+    sent = harness.discord.send_message_command(
+        "Imagine this",
+        f"<@{mentioned}> a red fox in the snow @everyone",
+        author_id=author,
+        mentions=[mentioned],
+        user_id=user(2),
+    )
+    message = await harness.result(sent)
+    assert harness.discord.callbacks(sent.id)[0] == 5  # a public "thinking…", as a slash command
+    job = await harness.job(sent.id)
+    assert job.command == "imagine_this" and job.user_id == user(2)
+    assert f"<@{mentioned}>" not in job.prompt and f"user{mentioned}" in job.prompt
+    assert "a red fox in the snow" in job.prompt
+    assert harness.api.requests[0].json["prompt"] == job.prompt
+    # nothing pings: every message the bot wrote or edited for it allows no mention
+    assert message.allowed_mentions == NO_PINGS
+    assert all(h["payload"].get("allowed_mentions") in (None, NO_PINGS) for h in message.history)
+
+
+async def test_imagine_this_on_a_message_without_text_is_refused_privately(harness: BotHarness) -> None:
+    await harness.start()
+    sent = harness.discord.send_message_command("Imagine this", "", author_id=user(0), attachments=["cat.png"])
+    await harness.discord.wait_for(lambda f: f.callbacks(sent.id) or None)
+    assert harness.discord.callbacks(sent.id) == [4]
+    [payload] = harness.discord.callback_payloads(sent.id)
+    assert payload["data"]["flags"] == EPHEMERAL
+    assert payload["data"]["content"].startswith("That message has no text to make an image from")
+    assert await harness.bot.service.jobs.get(sent.id) is None  # type: ignore[union-attr]
+    assert harness.api.requests == []
+
+
+async def test_imagine_this_is_screened_by_the_prompt_rules(harness: BotHarness) -> None:
+    await harness.start()
+    assert harness.bot is not None and harness.bot.pipeline is not None
+    await harness.bot.pipeline.admin.add_rule(harness.discord.guild_id, user(9), "word", "forbidden", "no")
+    sent = harness.discord.send_message_command("Imagine this", "a forbidden thing", author_id=user(0))
+    await harness.discord.wait_for(lambda f: f.callbacks(sent.id) or None)
+    assert harness.discord.callbacks(sent.id) == [4]
+    [payload] = harness.discord.callback_payloads(sent.id)
+    assert payload["data"]["flags"] == EPHEMERAL
+    assert await harness.bot.service.jobs.get(sent.id) is None
+    assert harness.api.requests == []
