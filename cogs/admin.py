@@ -246,16 +246,16 @@ class Admin(commands.Cog):
     async def status(self, interaction: discord.Interaction) -> None:
         assert self.bot.pipeline is not None and interaction.guild_id is not None
         status = await self.bot.pipeline.status.guild(interaction.guild_id, flow.requester_of(interaction).requester)
-        await _answer(interaction, embed=render_admin.status_embed(status, self._shards(interaction.guild_id)))
+        locale = flow.locale_of(interaction)
+        shards = self._shards(interaction.guild_id, locale)
+        await _answer(interaction, embed=render_admin.status_embed(status, shards, locale))
 
-    def _shards(self, guild_id: int) -> str:
+    def _shards(self, guild_id: int, locale: str) -> str:
         """This process's shards (the ones it connects) and the one this server's events arrive on."""
-        ids = sorted(self.bot.shards)
-        listed = ", ".join(str(i) for i in ids) or "none"
-        return (
-            f"shard{'s' if len(ids) != 1 else ''} {listed} of {self.bot.shard_count or 1} in this process;"
-            f" this server is on shard {self.bot.shard_of(guild_id)}"
-        )
+        listed = items(str(i) for i in sorted(self.bot.shards)) if self.bot.shards else t(locale, "common.none")
+        count, mine = self.bot.shard_count or 1, self.bot.shard_of(guild_id)
+        key = "status.shard" if len(self.bot.shards) == 1 else "status.shards"
+        return t(locale, key, listed=listed, count=count, mine=mine)
 
     # -- usage, reports, export -----------------------------------------------------------------
     @admin.command(name="reset", description="Give a member back today's images")

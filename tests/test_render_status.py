@@ -41,3 +41,24 @@ def test_an_idle_server_without_a_budget() -> None:
     ]
     assert fields["Spent here today"].startswith("¥0.00 spent, no cap (")
     assert embed["footer"]["text"] == "Uptime and upstream: this bot process."
+
+
+def test_the_status_speaks_the_admins_language() -> None:
+    status = GuildStatus(
+        uptime_s=3725,
+        started_at=datetime(2026, 3, 8, 7, 0, tzinfo=UTC),
+        shared_queue=True,
+        queue=QueueFigures(waiting=3, running=1, queue_max=25, oldest_wait_s=61, new_request_wait_s=12.0),
+        upstream=UpstreamFigures(OutcomeCounts(), OutcomeCounts(ok=3, refused=1), 12.5, 1, 2, 4, 60),
+        spend=SpendFigures(180, 1000, datetime(2026, 3, 11, tzinfo=UTC), "Asia/Shanghai"),
+    )
+    embed = status_embed(status, "…", "zh_Hans").to_dict()
+    fields = {f["name"]: f["value"] for f in embed["fields"]}
+    assert embed["title"] == "imagine-bot 状态"
+    assert fields["运行时间"].startswith("1 小时 2 分钟（自 <t:")
+    assert fields["本服务器的队列"].split("\n")[1] == "等待最久的已等 1 分 1 秒"
+    assert "暂停：剩余 13 秒" in fields["上游服务"]
+    assert fields["本服务器今日花费"].startswith("已花费 ¥1.80，")
+    assert "所有机器人进程" in embed["footer"]["text"]
+    traditional = status_embed(status, "…", "zh_Hant").to_dict()
+    assert traditional["title"] == "imagine-bot 狀態"

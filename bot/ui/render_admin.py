@@ -11,7 +11,6 @@ from bot.gatekeeper import Usage
 from bot.i18n import DEFAULT, money, number, t, when
 from bot.limits import GuildPolicy, discord_time
 from bot.moderation import Rule
-from bot.money import format_cny
 from bot.status import GuildStatus
 from bot.storage.guilds import Block
 from bot.storage.reports import GuildReport
@@ -133,70 +132,85 @@ def report_embed(report: GuildReport, days: int, locale: str = DEFAULT, timezone
     return embed
 
 
-SHARED_FOOTER = "Queue and spend: every bot process (shared database). Uptime and upstream: this process only."
-LOCAL_FOOTER = "Uptime and upstream: this bot process."
-
-
-def status_embed(status: GuildStatus, shards: str) -> discord.Embed:
+def status_embed(status: GuildStatus, shards: str, locale: str = DEFAULT) -> discord.Embed:
     """`shards`: which shards this process runs, and this server's (the Discord side knows them)."""
-    embed = discord.Embed(title="imagine-bot status", colour=COLOUR)
+    embed = discord.Embed(title=t(locale, "status.title"), colour=COLOUR)
+    since = discord_time(status.started_at, "f")
     embed.add_field(
-        name="Uptime",
-        value=f"{duration(status.uptime_s)} (since {discord_time(status.started_at, 'f')})\n{shards}",
+        name=t(locale, "status.uptime"),
+        value=t(locale, "status.uptime_value", duration=duration(status.uptime_s, locale), since=since, shards=shards),
         inline=False,
     )
     queue = status.queue
-    oldest = "nobody waiting" if queue.oldest_wait_s is None else f"oldest waiting {duration(queue.oldest_wait_s)}"
+    oldest = (
+        t(locale, "status.nobody_waiting")
+        if queue.oldest_wait_s is None
+        else t(locale, "status.oldest_wait", duration=duration(queue.oldest_wait_s, locale))
+    )
     embed.add_field(
-        name="This server's queue",
-        value=(
-            f"{queue.waiting} waiting (at most {queue.queue_max}), {queue.running} generating or delivering\n"
-            f"{oldest}\n"
-            f"a new request would start in {duration(queue.new_request_wait_s)}"
+        name=t(locale, "status.queue"),
+        value=t(
+            locale,
+            "status.queue_value",
+            waiting=number(locale, queue.waiting),
+            max=number(locale, queue.queue_max),
+            running=number(locale, queue.running),
+            oldest=oldest,
+            wait=duration(queue.new_request_wait_s, locale),
         ),
         inline=False,
     )
     up = status.upstream
-    pause = f"{math.ceil(up.pause_remaining_s)} s left" if up.pause_remaining_s > 0 else "no"
+    pause = (
+        t(locale, "status.pause_left", seconds=math.ceil(up.pause_remaining_s))
+        if up.pause_remaining_s > 0
+        else t(locale, "status.no_pause")
+    )
     embed.add_field(
-        name="Upstream",
-        value=(
-            f"errors: {up.last_hour.error} in the last hour, {up.last_day.error} in 24 h\n"
-            f"429s: {up.last_hour.rate_limited} in the last hour, {up.last_day.rate_limited} in 24 h\n"
-            f"answered: {up.last_hour.ok} in the last hour, {up.last_day.ok} in 24 h"
-            f" ({up.last_day.refused} refused as bad requests in 24 h)\n"
-            f"paused: {pause}\n"
-            f"in flight: {up.in_flight} of {up.concurrency}\n"
-            f"started in the last minute: {up.starts_last_minute} of {up.rpm}"
+        name=t(locale, "status.upstream"),
+        value=t(
+            locale,
+            "status.upstream_value",
+            errors_hour=up.last_hour.error,
+            errors_day=up.last_day.error,
+            limited_hour=up.last_hour.rate_limited,
+            limited_day=up.last_day.rate_limited,
+            ok_hour=up.last_hour.ok,
+            ok_day=up.last_day.ok,
+            refused_day=up.last_day.refused,
+            pause=pause,
+            in_flight=up.in_flight,
+            concurrency=up.concurrency,
+            starts=up.starts_last_minute,
+            rpm=up.rpm,
         ),
         inline=False,
     )
     spend = status.spend
-    spent = _money_left(spend.today_fen, spend.daily_budget_fen, DEFAULT)  # "spent, no cap" without a budget
+    spent = _money_left(spend.today_fen, spend.daily_budget_fen, locale)  # "spent, no cap" without a budget
     if spend.daily_budget_fen is not None:
-        spent = f"{format_cny(spend.today_fen)} spent, {spent}"
+        spent = t(locale, "status.spent_of_budget", spent=money(locale, spend.today_fen), left=spent)
     embed.add_field(
-        name="Spent here today",
-        value=(
-            f"{spent} (images reserved by waiting jobs included)\n"
-            f"the day ends {discord_time(spend.resets_at)} ({spend.timezone})"
+        name=t(locale, "status.spend"),
+        value=t(
+            locale, "status.spend_value", spent=spent, resets=discord_time(spend.resets_at), timezone=spend.timezone
         ),
         inline=False,
     )
-    embed.set_footer(text=SHARED_FOOTER if status.shared_queue else LOCAL_FOOTER)
+    embed.set_footer(text=t(locale, "status.footer_shared" if status.shared_queue else "status.footer_local"))
     return embed
 
 
-def duration(seconds: float) -> str:
+def duration(seconds: float, locale: str = DEFAULT) -> str:
     """12 s, 4 min 5 s, 3 h 12 min, 2 d 5 h: the two largest units."""
     total = max(0, int(seconds))
     days, rest = divmod(total, 86_400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
     if days:
-        return f"{days} d {hours} h"
+        return t(locale, "duration.days", days=days, hours=hours)
     if hours:
-        return f"{hours} h {minutes} min"
+        return t(locale, "duration.hours", hours=hours, minutes=minutes)
     if minutes:
-        return f"{minutes} min {secs} s"
-    return f"{secs} s"
+        return t(locale, "duration.minutes", minutes=minutes, seconds=secs)
+    return t(locale, "duration.seconds", seconds=secs)

@@ -316,7 +316,14 @@ class FakeImageApi:
     async def _handle_generation(self, request: web.Request) -> web.StreamResponse:
         request_id = str(uuid.uuid4())
         headers = {k.lower(): v for k, v in request.headers.items()}
-        record = RecordedRequest(request.method, request.path, headers, None, self._clock(), request_id)
+        received_at = self._clock()
+        # the body is read before the record is visible: a test that sees a request sees its JSON too
+        raw = await request.read()
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = None
+        record = RecordedRequest(request.method, request.path, headers, parsed, received_at, request_id)
         with self._lock:
             self._state.requests.append(record)
             self._state.in_flight += 1

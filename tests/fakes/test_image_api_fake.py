@@ -419,3 +419,33 @@ def test_runs_as_its_own_process():
         proc.terminate()
         returncode = proc.wait(timeout=10)
     assert returncode == 0
+
+
+def test_a_recorded_request_always_carries_its_body(fake):
+    """A request whose body is still arriving is not shown yet: tests read `requests[-1].json` as
+    soon as a request appears (it used to be None until the body had been read)."""
+    import json
+    import threading
+    import time
+
+    body = json.dumps(simple_body("slow body")).encode()
+
+    def slow_body():
+        yield body[:10]
+        time.sleep(0.5)  # the headers and the first bytes are in; the rest is late
+        yield body[10:]
+
+    def send() -> None:
+        with httpx.Client(base_url=fake.base_url, headers=AUTH, timeout=10) as c:
+            c.post(GEN, content=slow_body(), headers={"Content-Type": "application/json"})
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    seen: list[object] = []
+    deadline = time.monotonic() + 5
+    while sender.is_alive() and time.monotonic() < deadline:
+        seen.extend(r.json for r in fake.requests)
+        time.sleep(0.01)
+    sender.join()
+    seen.extend(r.json for r in fake.requests)
+    assert seen and all(isinstance(j, dict) and j["prompt"] == "slow body" for j in seen)
