@@ -96,6 +96,7 @@ class ImagineBot(commands.AutoShardedBot):
         self._closing = False
         self._wall_clock = wall_clock  # injectable: tests move midnight
         self._result_view: ViewFactory | None = None  # registered by the Results cog
+        self._queued_view: ViewFactory | None = None  # the Cancel button, registered by the Results cog too
         self._closed = asyncio.Event()  # set once close() is done: a pure worker's connect() returns
         # this bot's own figures (a registry per instance); served only when METRICS_PORT is set
         self.metrics = Metrics(wall_clock=wall_clock)
@@ -118,6 +119,16 @@ class ImagineBot(commands.AutoShardedBot):
         """
         self._result_view = factory
 
+    def register_queued_view(self, factory: ViewFactory | None) -> None:
+        """The Results cog hands over the Cancel button of a waiting job (None on unload); see above."""
+        self._queued_view = factory
+
+    def queued_view(self, job_id: int, locale: str = i18n.DEFAULT) -> discord.ui.View:
+        """The buttons of a waiting job's message (none if the Results cog has been unloaded)."""
+        if self._queued_view is None:
+            return discord.ui.View(timeout=None)
+        return self._queued_view(job_id, locale)
+
     def result_view(self, job_id: int, locale: str = i18n.DEFAULT) -> discord.ui.View:
         """The buttons for a delivered job, labelled in `locale` (none if the Results cog has been unloaded)."""
         if self._result_view is None:
@@ -136,7 +147,7 @@ class ImagineBot(commands.AutoShardedBot):
             await self._start_ops_server(self.settings.metrics_port)
         self.pipeline = await Pipeline.open(
             self.settings,
-            DiscordDelivery(self, self.result_view, utcnow=self._wall_clock),
+            DiscordDelivery(self, self.result_view, utcnow=self._wall_clock, queued_view=self.queued_view),
             wall_clock=self._wall_clock,
             metrics=self.metrics,
         )

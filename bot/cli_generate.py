@@ -51,6 +51,9 @@ class FileDelivery:
     async def failed(self, job: Job, error: BaseException) -> None:
         self.error = error
 
+    async def cancelled(self, job: Job) -> None:
+        """Only a Discord button cancels: a CLI job is never cancelled this way."""
+
     async def moderation(self, channel_id: int, text: str) -> None:
         """CLI jobs belong to no guild: there is no moderation log to post to."""
 

@@ -21,9 +21,9 @@ if TYPE_CHECKING:
     from discord.ext.commands import AutoShardedBot
 
 #: our buttons' custom ids are `imagine:<action>:<job id>`: the action is the label, never the id
-_OUR_BUTTON = re.compile(r"imagine:(\w+):\d+")
+_OUR_BUTTON = re.compile(r"imagine:(\w+):\d+(?::\d+)?")  # a modal adds the opening interaction
 #: actions the buttons have (cogs/results.py); any other custom id is counted as "other"
-BUTTON_ACTIONS = frozenset({"reroll", "details", "delete"})
+BUTTON_ACTIONS = frozenset({"reroll", "details", "delete", "cancel", "remix"})
 
 
 class GatewayGauges(Collector):

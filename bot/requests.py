@@ -6,7 +6,7 @@ Used by the slash commands and the CLI alike, so both refuse the same input with
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bot import presets
@@ -20,11 +20,17 @@ from bot.storage.user_settings import NO_DEFAULTS, UserDefaults
 POSTER_DEFAULT_STYLE = "poster"  # 928*1664, as the spec's poster scenario
 COUPLET_STYLE = "couplet"  # 1140*1472, as the spec's couplet scenario
 POSTER_STYLES = ("poster", "text-poster", "precise")  # the scenarios a poster can be made in
+#: what a Remix lets the user edit, by the kind of job (the rest of the parameters are kept)
+REMIX_FIELDS = {
+    "imagine": ("prompt", "negative_prompt"),
+    "poster": ("title", "subtitle", "background"),
+    "couplet": ("left", "right", "horizontal", "background", "font"),
+}
 
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
-    command: str  # imagine | poster | couplet | reroll | cli
+    command: str  # imagine | poster | couplet | reroll | remix | imagine_this | cli
     params: ImageParams
     model: str
     inputs: Mapping[str, Any] = field(default_factory=dict)  # the command's own fields, for details/reroll
@@ -198,6 +204,42 @@ class RequestBuilder:
             sources=dict(job.sources),
         )
 
+    def remix(self, job: Job, values: Mapping[str, str]) -> GenerationRequest:
+        """A new job from a result's edited text (`values`, the fields of `remix_values`), with the
+        job's other parameters (size, style, watermark, prompt extension, a poster's language);
+        validated as the command's own input. A blank optional field is left out."""
+        kind = remix_kind(job)
+        given = {name: (values.get(name) or "").strip() for name in REMIX_FIELDS[kind]}
+        if kind == "poster":
+            request = self.poster(
+                given["title"],
+                given["subtitle"] or None,
+                given["background"] or None,
+                size=job.size,
+                style=job.style,
+                watermark=job.watermark,
+                language=job.inputs.get("language"),
+            )
+        elif kind == "couplet":
+            request = self.couplet(
+                given["left"],
+                given["right"],
+                given["horizontal"],
+                given["background"] or None,
+                given["font"] or None,
+                size=job.size,
+            )
+        else:  # the negative prompt as the box shows it: emptied, it clears the style's own
+            request = self.imagine(
+                given["prompt"],
+                size=job.size,
+                style=job.style,
+                negative_prompt=given["negative_prompt"],
+                prompt_extend=job.prompt_extend,
+                watermark=job.watermark,
+            )
+        return replace(request, command="remix")
+
     def _resolve(self, prompt: str, **choices: Any) -> ImageParams:
         settings = self._settings
         # the spec's default size, unless the operator's IMAGE_SIZES left it out
@@ -222,6 +264,24 @@ def params_of(job: Job) -> ImageParams:
         watermark=job.watermark,
         style=job.style or presets.DEFAULT_STYLE,
     )
+
+
+def remix_kind(job: Job) -> str:
+    """Which command's fields a job's Remix edits: a poster's or a couplet's inputs survive rerolls
+    and remixes of it (they are copied), so they tell; anything else edits the prompt."""
+    if "title" in job.inputs:
+        return "poster"
+    if "left" in job.inputs:
+        return "couplet"
+    return "imagine"
+
+
+def remix_values(job: Job) -> dict[str, str]:
+    """The Remix form's fields, pre-filled with what the job was made from."""
+    kind = remix_kind(job)
+    if kind == "imagine":
+        return {"prompt": job.prompt, "negative_prompt": job.negative_prompt}
+    return {name: str(job.inputs.get(name) or "") for name in REMIX_FIELDS[kind]}
 
 
 def _present(**fields: str | None) -> dict[str, str]:

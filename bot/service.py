@@ -18,6 +18,7 @@ import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 from bot import messages
 from bot.background import Background
@@ -41,6 +42,7 @@ from bot.i18n import Number, Text
 from bot.imaging.client import ImageClient
 from bot.imaging.download import ImageFetcher
 from bot.limiter import UpstreamLimiter
+from bot.log_fields import job_fields
 from bot.metrics import Metrics
 from bot.modlog import ModerationLog, excerpt
 from bot.presets import field_name
@@ -51,13 +53,15 @@ from bot.shared_scheduler import SharedScheduler
 from bot.sharing import Choice, ResultSharing
 from bot.storage.db import Store, iso
 from bot.storage.images import ImageStore
-from bot.storage.jobs import Cooldown, CooldownActive, Job, JobStore, NewJob, new_local_id
+from bot.storage.jobs import CANCELLED, Cooldown, CooldownActive, Job, JobStore, NewJob, new_local_id
 from bot.storage.quotas import Charge, QuotaExceeded
 from bot.storage.reports import counters
 from bot.storage.shared_queue import Reclaimed, SharedQueue
 
 log = logging.getLogger("imagine.service")
 
+#: what a cancel came to: done, too late (taken to be sent), already over, or no such job
+CancelOutcome = Literal["cancelled", "started", "finished", "gone"]
 #: the ledger's error_code of a job withdrawn because its interaction could not be acknowledged
 NOT_ACKNOWLEDGED = "NotAcknowledged"
 #: how often wait() asks the store whether another process finished the job (shared queue)
@@ -359,6 +363,49 @@ class GenerationService:
         choice.lead(job_id)
         await self.scheduler.admit(reservation, job_id)
         return Ticket(job_id, locate=self._locate(job_id))
+
+    async def cancel(self, job_id: int) -> CancelOutcome:
+        """Cancel a job that is still waiting: it leaves the queue and gets back what it reserved
+        (one transaction, bot/storage/jobs.py), and its message says so. Once it was taken to be
+        sent (dispatched here, claimed by any process on a shared queue) it cannot be: exactly one
+        of the dispatcher and the cancel wins."""
+        job = await self.jobs.get(job_id)  # before the cancel erases the reply token the message needs
+        if job is None:
+            return "gone"
+        if job.finished:
+            return "finished"
+        if isinstance(self.scheduler, SharedScheduler):
+            cancelled = await self.jobs.cancel(job_id)  # the row's condition decides against a claim
+            if cancelled:
+                await self.scheduler.refresh()
+        else:
+            # In memory the queue decides: taken out here, the dispatch loop can no longer pop it (no
+            # await in between); not in it, it was popped already, or it follows an identical request.
+            item = self.scheduler.remove(job_id)
+            if item is None:
+                return "started"
+            cancelled = await self.jobs.cancel(job_id)
+            if not cancelled and not await self._finished_in_store(job_id):
+                self.scheduler.enqueue(item, front=True)  # not ours to drop: its turn is kept
+        if not cancelled:
+            return "finished" if await self._finished_in_store(job_id) else "started"
+        self.metrics.job_failed(job.command, CANCELLED)
+        log.info("job %s cancelled while queued", job_id, extra=job_fields(job, state="cancelled", cost_fen=0))
+        # identical requests that waited on it are queued again: each decides anew when it runs
+        for follower in self.sharing.land(job_id):
+            waiting = await self.jobs.get(follower)
+            if waiting is not None and not waiting.finished:
+                await self.scheduler.requeue(self._item_for(waiting))
+        self._finished(job_id)
+        try:
+            await self._delivery.cancelled(job)
+        except Exception:
+            log.exception("job %s: cancelled, but its message could not say so", job_id)
+        return "cancelled"
+
+    async def _finished_in_store(self, job_id: int) -> bool:
+        current = await self.jobs.get(job_id)
+        return current is None or current.finished
 
     async def _refused(self, who: Requester, request: GenerationRequest, refusal: LimitReached) -> None:
         """Every refusal is recorded for the admins' report; moderation ones go to the log channel."""

@@ -1,4 +1,4 @@
-"""/imagine, /poster, /couplet, /queue and /usage.
+"""/imagine, /poster, /couplet, /queue and /usage, and the "Imagine this" message command.
 
 Each command turns its options into a request with the pure builders (input is refused here,
 before anything is spent) and hands it to the service, which admits it and only then has it
@@ -16,6 +16,8 @@ from discord.app_commands import Choice, Range, locale_str
 from discord.ext import commands
 
 from bot import presets
+from bot.errors import InvalidInput
+from bot.i18n import Text
 from bot.requests import POSTER_STYLES, GenerationRequest
 from bot.storage.user_settings import UserDefaults
 from bot.ui import flow, render, render_admin, suggest
@@ -41,6 +43,17 @@ def _value(choice: Choice[str] | None) -> str | None:
 class Imagine(commands.Cog):
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
+        # "Apps -> Imagine this" on a message: a context menu cannot be declared inside a cog, so it
+        # is made here and added to the tree when the cog loads
+        self._imagine_this = app_commands.ContextMenu(
+            name=locale_str("Imagine this", key="cmd.imagine_this.name"), callback=self.imagine_this
+        )
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self._imagine_this)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self._imagine_this.name, type=self._imagine_this.type)
 
     async def _defaults(self, interaction: discord.Interaction) -> UserDefaults:
         """The requester's /settings: below every option they give, above the style's and the server's."""
@@ -200,6 +213,15 @@ class Imagine(commands.Cog):
         usage = await self.bot.service.usage(flow.requester_of(interaction))
         embed = render_admin.usage_embed(usage, flow.locale_of(interaction))
         await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    async def imagine_this(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        """An image from the text of the message it was used on: Discord sends that message with the
+        interaction, so no message-content intent is needed. Mentions become plain names (nothing
+        pings: every post has allowed_mentions none), and the prompt is screened like a typed one."""
+        prompt = message.clean_content.strip()
+        if not prompt:  # only an attachment, an embed or a sticker: nothing to draw from
+            raise InvalidInput(Text("input.message_empty"), field="prompt")
+        await self._start(interaction, self.bot.requests.imagine(prompt, command="imagine_this"))
 
 
 async def setup(bot: ImagineBot) -> None:

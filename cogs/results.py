@@ -1,4 +1,4 @@
-"""The buttons under every image: Reroll, Details, Delete.
+"""The buttons under every image: Reroll, Remix, Details, Delete; and Cancel under a waiting job.
 
 They are dynamic items: the job id travels in the custom_id and everything else is read from
 the store, so the buttons keep working on old messages after a restart.
@@ -16,6 +16,7 @@ from bot import i18n
 from bot.errors import ImagineError
 from bot.tree import report_error
 from bot.ui import flow, render
+from bot.ui.remix import RemixModal
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot
@@ -66,6 +67,20 @@ class RerollButton(_JobButton, template=r"imagine:reroll:(?P<job_id>\d+)"):
         await flow.start(bot.service, interaction, bot.requests.reroll(job))
 
 
+class RemixButton(_JobButton, template=r"imagine:remix:(?P<job_id>\d+)"):
+    """Opens the Remix form; its submission is a new job like any command (bot/ui/remix.py)."""
+
+    action, emoji = "remix", "✏️"
+
+    async def handle(self, interaction: discord.Interaction, bot: ImagineBot) -> None:
+        job = await bot.service.jobs.get(self.job_id)
+        locale = flow.locale_of(interaction)
+        if job is None:
+            await interaction.response.send_message(render.JOB_GONE.render(locale), ephemeral=True)
+            return
+        await interaction.response.send_modal(RemixModal(bot, job, locale, opened_by=interaction.id))
+
+
 class DetailsButton(_JobButton, template=r"imagine:details:(?P<job_id>\d+)"):
     action, emoji = "details", "ℹ️"
 
@@ -95,13 +110,42 @@ class DeleteButton(_JobButton, template=r"imagine:delete:(?P<job_id>\d+)"):
         await interaction.delete_original_response()
 
 
-BUTTONS = (RerollButton, DetailsButton, DeleteButton)
+class CancelButton(_JobButton, template=r"imagine:cancel:(?P<job_id>\d+)"):
+    """Under a waiting job's "Queued" message. The service decides (bot/service.py: cancel): out
+    of the queue with its reservation given back, or, once taken to be sent, refused as too late."""
+
+    action, emoji = "cancel", "✖️"
+
+    async def handle(self, interaction: discord.Interaction, bot: ImagineBot) -> None:
+        locale = flow.locale_of(interaction)
+        job = await bot.service.jobs.get(self.job_id)
+        if job is None:
+            await interaction.response.send_message(render.JOB_GONE.render(locale), ephemeral=True)
+            return
+        if not (interaction.permissions.manage_messages or job.user_id == interaction.user.id):
+            await interaction.response.send_message(render.NOT_ALLOWED_TO_CANCEL.render(locale), ephemeral=True)
+            return
+        await interaction.response.defer()  # acknowledged at once; the job's own message says "Cancelled"
+        outcome = await bot.service.cancel(self.job_id)
+        if outcome in render.CANCEL_REFUSED:
+            await interaction.followup.send(render.CANCEL_REFUSED[outcome].render(locale), ephemeral=True)
+
+
+BUTTONS = (RerollButton, RemixButton, DetailsButton, DeleteButton)
+#: every button the bot answers (the Cancel button sits on a waiting job's message, not under an image)
+HANDLED = (*BUTTONS, CancelButton)
 
 
 def result_view(job_id: int, locale: str = i18n.DEFAULT) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     for button in BUTTONS:
         view.add_item(button(job_id, locale))
+    return view
+
+
+def queued_view(job_id: int, locale: str = i18n.DEFAULT) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id, locale))
     return view
 
 
@@ -116,12 +160,14 @@ class Results(commands.Cog):
         self.bot = bot
 
     async def cog_load(self) -> None:
-        self.bot.add_dynamic_items(*BUTTONS)
+        self.bot.add_dynamic_items(*HANDLED)
         self.bot.register_result_view(result_view)
+        self.bot.register_queued_view(queued_view)
 
     async def cog_unload(self) -> None:
         self.bot.register_result_view(None)
-        self.bot.remove_dynamic_items(*BUTTONS)
+        self.bot.register_queued_view(None)
+        self.bot.remove_dynamic_items(*HANDLED)
 
 
 async def setup(bot: ImagineBot) -> None:

@@ -36,10 +36,13 @@ async def payload(bot: ImagineBot) -> list[dict[str, Any]]:
 
 
 def walk(commands: list[dict[str, Any]], path: str = "") -> Iterator[tuple[str, dict[str, Any], str]]:
-    """(path, item, kind) for every command, subcommand, group and option; choices as kind 'choice'."""
+    """(path, item, kind) for every command, subcommand, group and option; choices as kind 'choice';
+    context menus (top-level types 2 and 3: user and message commands) as kind 'menu'."""
     for item in commands:
         here = f"{path}/{item['name']}"
         kind = "command" if item.get("type", 1) in (1, 2) and "required" not in item else "option"
+        if not path and item.get("type", 1) in (2, 3):
+            kind = "menu"
         yield here, item, kind
         for choice in item.get("choices", []):
             yield f"{here}={choice['value']}", choice, "choice"
@@ -60,6 +63,10 @@ async def test_every_name_and_description_obeys_discords_rules(tree_bot: Imagine
             if not 1 <= len(name) <= 100:
                 problems.append((path, "choice name length", name))
             continue
+        if kind == "menu":  # any case and spaces, at most 32 characters, no description
+            if not 1 <= len(name) <= 32 or "description" in item:
+                problems.append((path, "menu name", name))
+            continue
         if not NAME.match(name) or name != name.lower():
             problems.append((path, "name", name))
         description = item["description"] if locale is None else in_locale(item, "description", locale)
@@ -73,7 +80,7 @@ async def test_every_name_and_description_obeys_discords_rules(tree_bot: Imagine
 async def test_every_string_of_the_tree_is_translated(tree_bot: ImagineBot, locale: str) -> None:
     untranslated = []
     for path, item, kind in walk(await payload(tree_bot)):
-        fields = ("name",) if kind == "choice" else ("name", "description")
+        fields = ("name",) if kind in ("choice", "menu") else ("name", "description")
         untranslated += [(path, field) for field in fields if locale not in (item.get(f"{field}_localizations") or {})]
     assert untranslated == []
 

@@ -30,6 +30,8 @@ from bot.storage.quotas import (
 )
 
 UNFINISHED = ("queued", "submitting", "generated")
+#: the ledger's error_code of a job its requester (or a moderator) cancelled while it waited
+CANCELLED = "Cancelled"
 _DISCORD_EPOCH_MS = 1420070400000
 # low bits: a per-process counter from a random start, unique within the process and unlikely
 # to meet another process's ids in the same millisecond
@@ -383,6 +385,31 @@ class JobStore:
                     "request_id": request_id,
                     "now": self._store.now(),
                 },
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                return False
+            await refund_charges(db, charges_from_json(row[0]))
+        return True
+
+    async def cancel(self, job_id: int, *, error_message: str = "cancelled before it was sent") -> bool:
+        """Cancelled while waiting: out of the queue, and what it reserved given back, in ONE
+        transaction; False when it is no longer waiting (sent, claimed by a process, finished).
+
+        The ledger keeps it as failed with error_code `Cancelled` (never charged), so no new state.
+        The condition is the arbiter of a race with the dispatcher: a process that claimed the job
+        (`claimed_by`) or marked it `submitting` wins, and this UPDATE then changes nothing.
+        """
+        async with self._store.transaction() as db:
+            cursor = await db.execute(
+                """
+                UPDATE jobs SET state = 'failed', error_code = :error_code, error_message = :error_message,
+                    cost_fen = 0, finished_at = :now, interaction_token = NULL,
+                    queue_guild = NULL, fair_order = NULL
+                WHERE id = :id AND state = 'queued' AND claimed_by IS NULL
+                RETURNING quota_json
+                """,
+                {"id": job_id, "error_code": CANCELLED, "error_message": error_message, "now": self._store.now()},
             )
             row = await cursor.fetchone()
             if row is None:

@@ -41,7 +41,7 @@ ViewFactory = Callable[[int, str], discord.ui.View]  # (job id, catalogue) -> th
 class _Reply:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     final: bool = False
-    pending: str | None = None
+    pending: tuple[str, discord.ui.View | None] | None = None  # the text, and the buttons under it
     task: asyncio.Task[None] | None = None
     last_edit: float = 0.0
 
@@ -57,9 +57,11 @@ class DiscordDelivery:
         view_factory: ViewFactory,
         *,
         utcnow: Callable[[], datetime] = lambda: datetime.now(UTC),
+        queued_view: ViewFactory | None = None,
     ) -> None:
         self._client = client
         self._view_factory = view_factory
+        self._queued_view = queued_view  # the Cancel button, while the job waits
         self._utcnow = utcnow
         self._replies: dict[int, _Reply] = {}
 
@@ -67,10 +69,11 @@ class DiscordDelivery:
     # The reply is read by the requester: their language. A post in the channel (once the token has
     # expired) is read by the whole server: its language. Buttons are labelled in the message's language.
     async def queued(self, job: Job, position: QueuePosition) -> None:
-        self._status(job, render.queued_text(job, position, _reader(job)))
+        view = self._queued_view(job.id, _reader(job)) if self._queued_view is not None else None
+        self._status(job, render.queued_text(job, position, _reader(job)), view)
 
     async def started(self, job: Job) -> None:
-        self._status(job, render.generating_text(job, _reader(job)))
+        self._status(job, render.generating_text(job, _reader(job)), None)  # sent: no Cancel any more
 
     async def deliver(self, job: Job, image: OpenImage) -> int | None:
         filename = render.image_filename(job, image.extension)
@@ -112,19 +115,28 @@ class DiscordDelivery:
                 job, content=f"<@{job.user_id}> {render.failure_text(error, job, _server(job))}"
             )
 
+    async def cancelled(self, job: Job) -> None:
+        """The job was cancelled while it waited: its message says so, without buttons (final: no late
+        queue position can bring the Cancel button back)."""
+        if job.channel_id is None:
+            return
+        async with self._final(job):
+            text = f"{render.cancelled_text(_reader(job))}\n{render.quote(job.prompt, 200)}"
+            await self._edit_reply(job, content=text, embed=None, attachments=[], view=None)
+
     async def moderation(self, channel_id: int, text: str) -> None:
         """A line in a guild's moderation log channel; it names people but pings nobody."""
         channel = self._client.get_partial_messageable(channel_id)
         await channel.send(text[:2000], allowed_mentions=render.NO_PINGS)
 
     # -- edits of the reply ----------------------------------------------------------------------
-    def _status(self, job: Job, text: str) -> None:
+    def _status(self, job: Job, text: str, view: discord.ui.View | None) -> None:
         if not self._token_usable(job):
             return  # no status spam in the channel: only the result is posted there
         reply = self._replies.setdefault(job.id, _Reply())
         if reply.final:
             return
-        reply.pending = text
+        reply.pending = (text, view)
         if reply.task is None or reply.task.done():
             reply.task = asyncio.get_running_loop().create_task(self._flush_status(job, reply))
 
@@ -136,10 +148,10 @@ class DiscordDelivery:
             async with reply.lock:
                 if reply.final or reply.pending is None:
                     return
-                text, reply.pending = reply.pending, None
+                (text, view), reply.pending = reply.pending, None
                 try:
                     await self._webhook(job).edit_message(
-                        job.message_id, content=text, allowed_mentions=render.NO_PINGS
+                        job.message_id, content=text, view=view, allowed_mentions=render.NO_PINGS
                     )
                 except (discord.HTTPException, aiohttp.ClientError, TimeoutError) as exc:
                     log.info("job %s: status edit failed (%s)", job.id, type(exc).__name__)

@@ -24,6 +24,9 @@ FAILURE_COLOUR = discord.Colour.red()
 DM_ONLY_TEXT = Text("reply.dm_only")
 NOT_ALLOWED_TO_DELETE = Text("reply.not_allowed_to_delete")
 JOB_GONE = Text("reply.job_gone")
+NOT_ALLOWED_TO_CANCEL = Text("reply.not_allowed_to_cancel")
+#: what the Cancel button answers when it comes too late, by the service's outcome
+CANCEL_REFUSED = {"started": Text("reply.cancel_started"), "finished": Text("reply.cancel_finished")}
 
 
 def requester_only(user_id: int) -> discord.AllowedMentions:
@@ -72,6 +75,10 @@ def queued_text(job: Job, position: QueuePosition, locale: str = DEFAULT) -> str
 def generating_text(job: Job, locale: str = DEFAULT) -> str:
     line = t(locale, "status.generating", size=size_label(job.size, locale))
     return _with_warning(f"{line}\n{quote(job.prompt)}", job, locale)
+
+
+def cancelled_text(locale: str = DEFAULT) -> str:
+    return t(locale, "status.cancelled")
 
 
 def failure_text(error: BaseException, job: Job | None = None, locale: str = DEFAULT) -> str:

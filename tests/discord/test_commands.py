@@ -69,6 +69,7 @@ async def test_imagine_defers_then_edits_the_same_message_with_the_image(harness
     assert embed["image"]["url"] == f"attachment://imagine-{sent.id}.png"
     assert message.custom_ids() == [
         f"imagine:reroll:{sent.id}",
+        f"imagine:remix:{sent.id}",
         f"imagine:details:{sent.id}",
         f"imagine:delete:{sent.id}",
     ]
@@ -373,10 +374,21 @@ async def test_commands_are_synced_once_with_their_declared_options(harness: Bot
     await harness.start()
     assert harness.discord.sync_count == 1
     commands = {c["name"]: c for c in harness.discord.synced_commands()}
-    assert set(commands) == {"imagine", "poster", "couplet", "queue", "usage", "imagine-admin", "settings", "history"}
+    assert set(commands) == {
+        "imagine",
+        "poster",
+        "couplet",
+        "queue",
+        "usage",
+        "imagine-admin",
+        "settings",
+        "history",
+        "Imagine this",
+    }
+    assert commands["Imagine this"]["type"] == 3  # a message context-menu command
     assert int(commands["imagine-admin"]["default_member_permissions"]) == 1 << 5  # Manage Server
     assert commands["imagine-admin"]["dm_permission"] is False  # servers only
-    options = {name: {o["name"]: o for o in c["options"]} for name, c in commands.items()}
+    options = {name: {o["name"]: o for o in c.get("options", [])} for name, c in commands.items()}
     size_choices = [{"name": s.label, "value": s.value} for s in presets.SIZES]
     for name in ("imagine", "poster", "couplet"):
         choices = [{"name": c["name"], "value": c["value"]} for c in options[name]["size"]["choices"]]

@@ -36,7 +36,12 @@ def image_edits(message: FakeMessage) -> list[dict]:
 
 
 def buttons(job_id: int) -> list[str]:
-    return [f"imagine:reroll:{job_id}", f"imagine:details:{job_id}", f"imagine:delete:{job_id}"]
+    return [
+        f"imagine:reroll:{job_id}",
+        f"imagine:remix:{job_id}",
+        f"imagine:details:{job_id}",
+        f"imagine:delete:{job_id}",
+    ]
 
 
 def fields_of(embed: dict) -> dict[str, str]:

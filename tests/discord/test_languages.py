@@ -24,9 +24,9 @@ NOON_UTC = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 NEXT_UTC_MIDNIGHT = int(datetime(2026, 3, 11, tzinfo=UTC).timestamp())
 
 IN_EACH_LANGUAGE = {
-    "en-US": ("Image", ["Reroll", "Details", "Delete"], "This server's queue", "Your image usage", "Size"),
-    "zh-CN": ("图片", ["重新生成", "详情", "删除"], "本服务器的队列", "你的图片用量", "尺寸"),
-    "zh-TW": ("圖片", ["重新生成", "詳細資訊", "刪除"], "這個伺服器的佇列", "你的圖片用量", "尺寸"),
+    "en-US": ("Image", ["Reroll", "Remix", "Details", "Delete"], "This server's queue", "Your image usage", "Size"),
+    "zh-CN": ("图片", ["重新生成", "改写重画", "详情", "删除"], "本服务器的队列", "你的图片用量", "尺寸"),
+    "zh-TW": ("圖片", ["重新生成", "改寫重畫", "詳細資訊", "刪除"], "這個伺服器的佇列", "你的圖片用量", "尺寸"),
 }
 
 
@@ -149,7 +149,7 @@ async def test_an_image_posted_after_the_token_expired_speaks_the_servers_langua
         lambda f: [m for m in f.channel_messages(sent.channel_id) if not m.webhook and m.attachments]
     )
     assert posted.content == f"<@{USER_ID}> 你的圖片已完成。"
-    assert posted.embeds[0]["title"] == "圖片" and labels(posted) == ["重新生成", "詳細資訊", "刪除"]
+    assert posted.embeds[0]["title"] == "圖片" and labels(posted) == ["重新生成", "改寫重畫", "詳細資訊", "刪除"]
 
 
 # -- prompts that keep the text exact ---------------------------------------------------------------

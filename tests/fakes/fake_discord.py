@@ -56,6 +56,7 @@ from tests.fakes.fake_discord_models import (
     dm_channel_payload,
     guild_channel_payload,
     guild_create_payload,
+    iso,
     json_response,
     member_payload,
     new_snowflake,
@@ -407,6 +408,74 @@ class FakeDiscord(RestRoutes, GatewayMixin, ControlRoutes):
             )
             if message is not None:
                 self._interactions[sent.id].source_message_id = message.id
+        self._push_event("INTERACTION_CREATE", sent.payload)
+        return sent
+
+    def send_message_command(
+        self,
+        name: str,
+        content: str,
+        *,
+        author_id: int,
+        mentions: Sequence[int] = (),
+        attachments: Sequence[str] = (),
+        guild_id: int | None = None,
+        channel_id: int | None = None,
+        user_id: int | None = None,
+        permissions: str = DEFAULT_PERMISSIONS,
+        locale: str = "en-US",
+    ) -> SentInteraction:
+        """Push a message context-menu command (APPLICATION_COMMAND, data.type 3) used on a message
+        written by ``author_id``: Discord sends the message itself in ``data.resolved.messages``
+        (so no message-content intent is needed), with ``mentions`` as user objects and
+        ``attachments`` (file names) as attachment objects."""
+        with self._lock:
+            gid = guild_id if guild_id is not None else self.guild_id
+            cid = channel_id or self._guilds[gid].channel_ids[0]
+            target_id = self._ids()
+            message = {
+                "id": str(target_id),
+                "channel_id": str(cid),
+                "author": user_payload(author_id),
+                "content": content,
+                "timestamp": iso(time.time()),
+                "edited_timestamp": None,
+                "tts": False,
+                "mention_everyone": "@everyone" in content,
+                "mentions": [user_payload(m) for m in mentions],
+                "mention_roles": [],
+                "attachments": [
+                    {"id": str(self._ids()), "filename": f, "size": 1, "url": f"{self.url}/f/{f}", "proxy_url": ""}
+                    for f in attachments
+                ],
+                "embeds": [],
+                "pinned": False,
+                "type": 0,
+                "flags": 0,
+                "components": [],
+            }
+            synced = [c for c in self._commands.get(None, []) if c["name"] == name and c.get("type") == 3]
+            cmd_id = int(synced[0]["id"]) if synced else self._made_up_command_ids.setdefault(name, self._ids())
+            data = {
+                "id": str(cmd_id),
+                "name": name,
+                "type": 3,
+                "target_id": str(target_id),
+                "resolved": {"messages": {str(target_id): message}},
+            }
+            sent = self._prepare_interaction(
+                2,
+                data,
+                name,
+                guild_id=gid,
+                channel_id=cid,
+                user_id=user_id,
+                username=None,
+                roles=(),
+                permissions=permissions,
+                locale=locale,
+                message=None,
+            )
         self._push_event("INTERACTION_CREATE", sent.payload)
         return sent
 

@@ -572,3 +572,28 @@ async def test_standalone_process_with_more_guilds() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+class MessageMenuBot(TinyBot):
+    """TinyBot plus one message context-menu command that echoes what discord.py read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.targets: list[discord.Message] = []
+
+        async def quote(interaction: discord.Interaction, message: discord.Message) -> None:
+            self.targets.append(message)
+            await interaction.response.send_message(message.clean_content or "-")
+
+        self.tree.add_command(discord.app_commands.ContextMenu(name="Quote", callback=quote))
+
+
+async def test_a_message_command_carries_the_message_it_was_used_on(fake: FakeDiscord) -> None:
+    async with running(fake, MessageMenuBot()) as bot:
+        sent = fake.send_message_command("Quote", "<@7> hi", author_id=5, mentions=[7], attachments=["a.png"])
+        assert (sent.payload["type"], sent.payload["data"]["type"]) == (2, 3)
+        reply = await fake.wait_for(lambda f: f.original_message(sent.id))
+        [target] = bot.targets
+        assert (target.content, target.author.id, [m.id for m in target.mentions]) == ("<@7> hi", 5, [7])
+        assert [a.filename for a in target.attachments] == ["a.png"]
+        assert reply.content  # answered like any application command
