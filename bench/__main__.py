@@ -2,7 +2,7 @@
 
 import asyncio
 
-from bench import ack_latency, cache_hit, saturation, store_queue
+from bench import ack_latency, cache_hit, crash, fairness, saturation, store_queue
 
 asyncio.run(ack_latency.run(requests=200, rate=50.0))
 print()
@@ -11,3 +11,7 @@ print()
 saturation.run()
 print()
 asyncio.run(store_queue.run())
+print()
+fairness.run()
+print()
+crash.run(crash.parse([]))
