@@ -110,7 +110,7 @@ class Result:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     workdir: Path | None = None
-    first_request_s: list[float] = field(default_factory=list)  # restart -> its first request at the fake
+    first_request_s: list[float | None] = field(default_factory=list)  # restart -> its first request at the fake
 
     @property
     def in_flight(self) -> int:
@@ -471,14 +471,16 @@ def judge(database: Path, messages: list[dict[str, Any]], log: list[dict[str, An
     return out
 
 
-def first_requests(kills: list[Kill], log: list[dict[str, Any]]) -> list[float]:
-    """For each restart: seconds until the new process's first generation request reached the fake."""
-    out = []
+def first_requests(kills: list[Kill], log: list[dict[str, Any]]) -> list[float | None]:
+    """For each restart: seconds until the new process's first generation request reached the fake
+    (None: it sent none before it was killed in turn)."""
+    out: list[float | None] = []
     for kill, after in zip(kills, kills[1:] + [None], strict=True):
+        if not kill.restarted_at:
+            continue
         end = after.at if after is not None else float("inf")
         first = min((r["received_at"] for r in log if kill.restarted_at <= r["received_at"] < end), default=None)
-        if kill.restarted_at and first is not None:
-            out.append(first - kill.restarted_at)
+        out.append(None if first is None else first - kill.restarted_at)
     return out
 
 
@@ -519,11 +521,13 @@ def details(result: Result) -> str:
     regenerated = _in_flight_not_regenerated(result)
     if regenerated:
         lines.append(f"  in flight at a kill, yet generated only once: {', '.join(regenerated)}")
+    firsts = sorted(t for t in result.first_request_s if t is not None)
     if result.first_request_s:
-        firsts = sorted(result.first_request_s)
+        silent = len(result.first_request_s) - len(firsts)
         lines.append(
-            f"  a restart's first generation request: median {statistics.median(firsts):.1f} s, max {firsts[-1]:.1f} s"
-            f" after the restart (the dead process's permits hold their slots until their lease runs out)"
+            f"  after a restart, the first generation request: median {statistics.median(firsts or [0]):.1f} s,"
+            f" max {max(firsts, default=0):.1f} s; {silent} of {len(result.first_request_s)} restarted processes"
+            f" sent none before the next kill (a dead process's permits hold their slots until their lease runs out)"
         )
     if result.kills and result.kills[0].at:
         restarts = sorted(k.restart_s for k in result.kills if k.restart_s)
