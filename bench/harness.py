@@ -9,16 +9,17 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import SecretStr
 
 from bot.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 def start(*args: str, marker: str) -> tuple[subprocess.Popen[str], list[str]]:
@@ -39,6 +40,25 @@ def http(method: str, url: str, body: object | None = None) -> object:
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as answer:
         return json.loads(answer.read())
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.25) -> T:
+    """Poll until `predicate()` is truthy or `timeout` s have passed; its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def slash(control: str, prompt: str, guild_id: int, user_id: int) -> tuple[str, float]:
+    """Push one /imagine through the fake Discord's control API; its interaction id and when it was
+    pushed (wall clock)."""
+    at = time.time()
+    body = {"name": "imagine", "options": {"prompt": prompt}, "guild_id": guild_id, "user_id": user_id}
+    sent = http("POST", control + "/slash", body)
+    return sent["id"], at  # type: ignore[index]
 
 
 def bench_settings(image_base: str, **overrides: object) -> Settings:

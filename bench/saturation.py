@@ -66,21 +66,19 @@ import subprocess
 import threading
 import time
 import urllib.error
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 
-from bench.harness import bench_settings, http, start, start_bot, start_bot_in, stop
+from bench.harness import bench_settings, http, slash, start, start_bot, start_bot_in, stop, wait_until
 
 GOAL_RATIO = 0.98
 NOISE_USERS = 200
 POSTGRES_URL = os.environ.get("IMAGINE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -187,14 +185,6 @@ def slope(times: list[float]) -> float:
     return sum((t - mean_t) * (i - mean_i) for i, t in enumerate(times)) / var if var else 0.0
 
 
-def slash(control: str, prompt: str, guild_id: int, user_id: int) -> tuple[str, float]:
-    """Push one /imagine; its interaction id and when it was pushed (wall clock)."""
-    at = time.time()
-    body = {"name": "imagine", "options": {"prompt": prompt}, "guild_id": guild_id, "user_id": user_id}
-    sent = http("POST", control + "/slash", body)
-    return sent["id"], at  # type: ignore[index]
-
-
 class Noise(threading.Thread):
     """Steady /imagine from other guilds, every prompt one the cache already holds."""
 
@@ -252,15 +242,6 @@ class Answers:
 
     def acks(self, pushed: dict[str, float]) -> list[float]:
         return [self.first_at.get(key, math.inf) - at for key, at in pushed.items()]
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.25) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
 
 class SharedDatabase:

@@ -3,7 +3,8 @@
 A mixin of ``FakeDiscord`` (``fake_discord.py``), used by benchmarks that run the fake standalone:
 ``POST /_control/slash`` {name, options, guild_id, channel_id, user_id, subcommand...} -> {id, token};
 ``POST /_control/click`` {message_id, custom_id, user_id}; ``GET /_control/messages`` (no bytes:
-attachment sizes and SHA-256s); ``GET /_control/state``.
+attachment sizes and SHA-256s; ``history`` lists each create and edit with the files it uploaded, so
+a benchmark can count how often an image was delivered into one message); ``GET /_control/state``.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class ControlRoutes:
                     "deleted": m.deleted,
                     "interaction_id": str(m.interaction_id) if m.interaction_id else None,
                     "edits": m.edits,
+                    "history": [{"op": h["op"], "files": list(h["files"])} for h in m.history],
                     "created_at": m.created_at,
                     "edited_at": m.edited_at,
                 }

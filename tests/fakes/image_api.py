@@ -10,6 +10,10 @@ limits, so a benchmark can prove the bot's own limiter never earns a 429.
 counters, the start time (on the fake's clock) of every generation it admitted, the time of
 every 429 its limits sent, and every sized image it served (when it started and stopped sending,
 how much it sent, whether the client read it all, and the SHA-256 of the whole file).
+``GET /_requests`` lists every generation request: when it arrived and when it was answered (the
+fake's clock), its status and its prompt (never its headers: they carry the API key). Like the
+provider, the fake finishes (and counts) a generation whose client went away: a benchmark that
+kills the bot sees what the provider would bill.
 
 Image sizes: ``image_bytes`` (``--image-bytes``; per reply ``Reply.ok(image_bytes=...)``) serves
 a real PNG padded to exactly that many bytes, each file distinct, declared by Content-Length or
@@ -169,6 +173,7 @@ class RecordedRequest:
     received_at: float
     request_id: str
     status: int | None = None
+    answered_at: float | None = None  # when the handler finished with an answer (None: dropped or hanging)
 
 
 @dataclass(frozen=True)
@@ -257,6 +262,7 @@ class FakeImageApi:
         app.router.add_post("/v1/images/generations", self._handle_generation)
         app.router.add_get("/files/{name}", self._handle_file)
         app.router.add_get("/_stats", self._handle_stats)
+        app.router.add_get("/_requests", self._handle_requests)
         self._server = LoopbackServer(app, host=host, port=port)
         self._running = False
 
@@ -371,6 +377,23 @@ class FakeImageApi:
     async def _handle_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
 
+    def request_log(self) -> list[dict[str, Any]]:
+        """Every generation request, oldest first, as ``GET /_requests`` answers it (no headers)."""
+        with self._lock:
+            return [
+                {
+                    "received_at": r.received_at,
+                    "answered_at": r.answered_at,
+                    "status": r.status,
+                    "prompt": _prompt_of(r.json),
+                    "request_id": r.request_id,
+                }
+                for r in self._state.requests
+            ]
+
+    async def _handle_requests(self, request: web.Request) -> web.Response:
+        return web.json_response(self.request_log())
+
     # -- generation endpoint ---------------------------------------------------------------------
     async def _handle_generation(self, request: web.Request) -> web.StreamResponse:
         request_id = str(uuid.uuid4())
@@ -392,6 +415,7 @@ class FakeImageApi:
             response = await self._generate(request, record)
             with self._lock:
                 record.status = response.status if response is not None else None
+                record.answered_at = self._clock() if response is not None else None
             if response is None:  # dropped: aiohttp wants a response but cannot write it any more
                 return web.Response(status=599)
             response.headers["X-Request-Id"] = request_id
@@ -658,6 +682,17 @@ def _prompt_from_messages(extra: dict[str, Any]) -> str | None:
             if isinstance(part, dict) and isinstance(part.get("text"), str):
                 return part["text"]
     return None
+
+
+def _prompt_of(body: Any) -> str | None:
+    """The prompt of a recorded request body, in either request shape (None if it has none)."""
+    if not isinstance(body, dict):
+        return None
+    prompt = body.get("prompt")
+    if isinstance(prompt, str) and prompt.strip():
+        return prompt
+    extra = body.get("extra")
+    return _prompt_from_messages(extra) if isinstance(extra, dict) else None
 
 
 def _default_msg(code: int) -> str:

@@ -270,6 +270,25 @@ async def test_expired_token_then_channel_send_with_nonce(fake: FakeDiscord) -> 
         assert [r.json["enforce_nonce"] for r in posts] == [True, True]
 
 
+async def test_control_messages_list_each_create_and_edit_with_its_files(fake: FakeDiscord) -> None:
+    async with running(fake) as bot:
+        sent = fake.send_slash("later")  # defers: the create uploads nothing
+        interaction = await asyncio.wait_for(bot.pending.get(), 10)
+        await interaction.edit_original_response(content="working")
+        for _ in range(2):  # the image, then the same image again (a delivery retried after a crash)
+            await interaction.edit_original_response(attachments=[discord.File(io.BytesIO(PNG), "x.png")])
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{fake.url}/_control/messages") as resp:
+                [message] = await resp.json()
+    assert message["interaction_id"] == str(sent.id) and message["edits"] == 3
+    assert message["history"] == [
+        {"op": "create", "files": []},
+        {"op": "edit", "files": []},
+        {"op": "edit", "files": ["x.png"]},
+        {"op": "edit", "files": ["x.png"]},
+    ]
+
+
 async def test_a_followup_right_after_a_public_defer_edits_the_thinking_message_as_documented(
     fake: FakeDiscord,
 ) -> None:

@@ -441,6 +441,43 @@ def test_stats_list_every_admitted_start_and_every_429(fake, client):
     assert fake.stats()["starts"] == [] and fake.stats()["rate_limited_at"] == []
 
 
+def test_request_log_lists_arrival_answer_status_and_prompt_never_headers(fake, client):
+    now = [1000.0]
+    fake._clock = lambda: now[0]
+    fake.rpm_limit = 60  # one start in any second
+    assert client.post(GEN, json=simple_body("first")).status_code == 200
+    assert client.post(GEN, json=messages_body("second", with_top_prompt=False)).status_code == 429
+    now[0] += 1.0
+    fake.script(Reply.error(500))
+    assert client.post(GEN, json=simple_body("third")).status_code == 500
+    log = httpx.get(fake.url + "/_requests", timeout=10).json()
+    assert log == fake.request_log()
+    assert [(r["prompt"], r["status"], r["received_at"], r["answered_at"]) for r in log] == [
+        ("first", 200, 1000.0, 1000.0),
+        ("second", 429, 1000.0, 1000.0),
+        ("third", 500, 1001.0, 1001.0),
+    ]
+    assert all(r["request_id"] for r in log)
+    assert "test-key" not in httpx.get(fake.url + "/_requests", timeout=10).text
+
+
+def test_a_generation_whose_client_left_is_still_generated_and_answered(fake):
+    """Like the provider: a client that disconnects mid-generation (a killed bot) is still billed."""
+    fake.latency_s = 1.0
+    with httpx.Client(base_url=fake.base_url, headers=AUTH, timeout=0.2) as impatient:
+        with pytest.raises(httpx.ReadTimeout):
+            impatient.post(GEN, json=simple_body("abandoned"))
+    # the client has gone; the fake goes on generating for nobody
+    deadline = time.monotonic() + 10
+    while fake.generation_count == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake.generation_count == 1
+    [record] = fake.request_log()
+    assert record["prompt"] == "abandoned" and record["status"] == 200
+    assert record["answered_at"] >= record["received_at"] + 1.0
+    assert fake.stats()["in_flight"] == 0
+
+
 async def test_concurrency_limit_refuses_with_429(fake):
     fake.concurrency_limit = 1
     fake.script(Reply.hang())
