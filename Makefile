@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4  # four workers: the tests mostly wait (on sockets, subprocesses, sleeps)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -9,6 +9,7 @@ left on disk afterwards, and the job rows.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 
@@ -112,6 +113,11 @@ async def test_with_the_cache_off_a_delivered_image_leaves_no_file(boosted: BotH
 
     job = await boosted.job(sent.id)
     assert message.attachments[0]["bytes"] == boosted.api.served_image(job.image_url)
+    # the file is released once the delivery is recorded, a moment after Discord shows the image
+    for _ in range(100):
+        if not files_under(store_of(boosted).root):
+            break
+        await asyncio.sleep(0.1)
     assert files_under(store_of(boosted).root) == []  # neither the spool file nor the stored image
 
 
