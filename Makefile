@@ -21,8 +21,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Four workers: the tests mostly wait (on sockets, subprocesses, sleeps). The few that hold the bot to the
+# fake upstream's exact windows run afterwards on their own: on a CPU starved by four workers a request can
+# reach the fake later than the limiter's margin allows for, which is the machine's doing, not the bot's.
 test: lint
-	$(BIN)/pytest -n 4  # four workers: the tests mostly wait (on sockets, subprocesses, sleeps)
+	$(BIN)/pytest -n 4 -m "not exact_limits"
+	$(BIN)/pytest -m exact_limits
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

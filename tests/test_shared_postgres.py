@@ -98,6 +98,7 @@ async def test_a_server_budget_is_never_exceeded_by_even_one_image_across_proces
             pipeline.service.force_stop()
 
 
+@pytest.mark.exact_limits
 async def test_two_processes_stay_within_the_upstream_limits_and_deliver_every_job_once(
     make_settings: Callable[..., Settings], fake_api: FakeImageApi
 ) -> None:
@@ -178,6 +179,7 @@ async def die(pipeline: Pipeline) -> None:
     await pipeline.store.close()
 
 
+@pytest.mark.exact_limits
 async def test_the_cli_beside_two_busy_processes_earns_no_429(
     make_settings: Callable[..., Settings], fake_api: FakeImageApi, database_url: str, tmp_path
 ) -> None:

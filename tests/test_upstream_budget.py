@@ -55,6 +55,7 @@ async def generate_all(pipeline: Pipeline, prompts: list[str]) -> None:
     assert [job.state for job in jobs] == ["delivered"] * len(prompts), [job.error_message for job in jobs]
 
 
+@pytest.mark.exact_limits
 async def test_a_busy_store_between_permit_and_request_earns_no_429(
     make_settings: Callable[..., Settings], fake_api: FakeImageApi
 ) -> None:
@@ -71,6 +72,7 @@ async def test_a_busy_store_between_permit_and_request_earns_no_429(
     assert fake_api.generation_count == 14
 
 
+@pytest.mark.exact_limits
 @pytest.mark.both_backends
 async def test_two_processes_on_one_store_share_one_upstream_budget(
     make_settings: Callable[..., Settings], fake_api: FakeImageApi
@@ -87,6 +89,7 @@ async def test_two_processes_on_one_store_share_one_upstream_budget(
     assert fake_api.generation_count == 16
 
 
+@pytest.mark.exact_limits
 async def test_imagine_bot_generate_beside_a_busy_bot_earns_no_429(
     make_settings: Callable[..., Settings], fake_api: FakeImageApi, tmp_path: Path
 ) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.discord.conftest import BotHarness, private_answer, private_refusal
 from tests.fakes.fake_discord import FakeMessage, SentInteraction
 from tests.fakes.image_api import Reply
@@ -118,6 +120,7 @@ async def test_a_flooding_user_does_not_starve_another_user_of_the_same_guild(ha
 # -- 2. the shared upstream limits -----------------------------------------------------------------
 
 
+@pytest.mark.exact_limits
 async def test_the_limiter_never_earns_a_429_from_an_upstream_enforcing_the_same_limits(
     harness: BotHarness,
 ) -> None:

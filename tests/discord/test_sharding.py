@@ -400,6 +400,7 @@ async def test_a_pure_worker_connects_no_gateway_yet_runs_and_delivers_jobs(
     assert_no_secret_in_logs(bots)
 
 
+@pytest.mark.exact_limits
 @ON_POSTGRES
 async def test_two_shard_processes_share_the_upstream_limits_and_the_fair_order(
     bots: Processes, sharded_discord: FakeDiscord, fake_api: FakeImageApi
