@@ -82,6 +82,10 @@ def limits_embed(policy: GuildPolicy, locale: str = DEFAULT) -> discord.Embed:
     embed.add_field(name=t(locale, "limits.channels"), value=channels, inline=False)
     log = f"<#{policy.log_channel_id}>" if policy.log_channel_id else t(locale, "common.off")
     embed.add_field(name=t(locale, "limits.log"), value=log)
+    private = t(locale, "common.on" if policy.private_allowed else "common.off")
+    embed.add_field(name=t(locale, "limits.private"), value=private)
+    spoilers = ", ".join(f"<#{c}>" for c in sorted(policy.spoiler_channels)) or t(locale, "common.none")
+    embed.add_field(name=t(locale, "limits.spoilers"), value=spoilers, inline=False)
     return embed
 
 

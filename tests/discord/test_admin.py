@@ -188,6 +188,8 @@ ADMIN_COMMANDS = {
     "block": (("block",), {"user": user(USER_ID), "reason": "spam", "hours": 1}),
     "rules add": (("rules", "add"), {"kind": "word", "pattern": "cat", "reason": "no cats"}),
     "channels allow": (("channels", "allow"), {"channel": SECOND_CHANNEL}),
+    "channels spoiler": (("channels", "spoiler"), {"channel": SECOND_CHANNEL}),
+    "private": (("private",), {"allowed": False}),
     "log-channel": (("log-channel",), {"channel": SECOND_CHANNEL}),
     "reset": (("reset",), {"user": user(USER_ID)}),
     "report": (("report",), {}),

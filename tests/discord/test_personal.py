@@ -134,6 +134,19 @@ async def test_a_spoiler_channel_makes_every_image_there_a_spoiler_and_nowhere_e
     assert not after.attachments[0]["filename"].startswith("SPOILER_")
 
 
+async def test_limits_show_the_private_and_spoiler_settings(harness: BotHarness) -> None:
+    await harness.start()
+    second = harness.discord.guilds[0].channel_ids[1]
+    before = fields_of((await answer(harness, admin(harness, "limits", "show"))).embeds[0])
+    assert (before["Private results"], before["Always spoilers in"]) == ("on", "none")
+
+    await answer(harness, admin(harness, "private", allowed=False))
+    await answer(harness, admin(harness, "channels", "spoiler", channel=channel(second)))
+    after = fields_of((await answer(harness, admin(harness, "limits", "show"))).embeds[0])
+
+    assert (after["Private results"], after["Always spoilers in"]) == ("off", f"<#{second}>")
+
+
 async def test_a_spoiler_posted_in_the_channel_after_the_window_closed_is_still_a_spoiler(
     harness: BotHarness,
 ) -> None:
