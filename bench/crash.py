@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.harness import bench_settings, http, slash, start, start_bot, stop, wait_until
+from bench.harness import Deadline, bench_settings, hard_deadline, http, slash, start, start_bot, stop, wait_until
 
 BUTTON = re.compile(r"^imagine:\w+:(\d+)$")
 
@@ -228,26 +228,6 @@ class Pusher(threading.Thread):
 
 
 # -- the run -------------------------------------------------------------------------------------------
-class Deadline(Exception):
-    """The run passed its hard deadline."""
-
-
-@contextlib.contextmanager
-def hard_deadline(seconds: float) -> Iterator[None]:
-    """Raise Deadline in the main thread after `seconds` (SIGALRM), whatever it is waiting on."""
-
-    def expire(signum: int, frame: object) -> None:
-        raise Deadline(f"the run passed its hard deadline of {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def read_store(database: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """A read-only look at the bot's SQLite file (WAL: it does not stop the bot's writes)."""
     with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)) as db:

@@ -68,13 +68,12 @@ import signal
 import sqlite3
 import statistics
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.harness import ROOT, bench_settings, http, slash, start, start_bot, stop, wait_until
+from bench.harness import ROOT, Deadline, bench_settings, hard_deadline, http, slash, start, start_bot, stop, wait_until
 
 GUILDS = ("A", "B", "C")  # the flooding guild, then the two light ones
 MAX_HEAD_DISPATCHES = len(GUILDS) - 1  # one turn of each other backlogged guild
@@ -213,26 +212,6 @@ def analyse(result: Result) -> None:
 
 
 # -- the run ---------------------------------------------------------------------------------------
-class Deadline(Exception):
-    """The run's hard deadline passed."""
-
-
-@contextlib.contextmanager
-def hard_deadline(seconds: float) -> Iterator[None]:
-    """Raise Deadline in the main thread after `seconds` (SIGALRM), whatever it is waiting on."""
-
-    def expire(signum: int, frame: object) -> None:
-        raise Deadline(f"the run passed its hard deadline of {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def acknowledged(control: str, ids: set[str]) -> int:
     messages: list[dict[str, Any]] = http("GET", control + "/messages")  # type: ignore[assignment]
     return len({m["interaction_id"] for m in messages if m["interaction_id"] in ids})

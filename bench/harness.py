@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -164,3 +165,23 @@ def bot_process(settings: Settings, control: str, log_path: Path | None = None) 
         yield bot
     finally:
         stop(bot)
+
+
+class Deadline(Exception):
+    """The run passed its hard deadline."""
+
+
+@contextmanager
+def hard_deadline(seconds: float) -> Iterator[None]:
+    """Raise Deadline in the main thread after `seconds` (SIGALRM), whatever it is waiting on."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise Deadline(f"the run passed its hard deadline of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
