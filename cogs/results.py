@@ -20,6 +20,7 @@ from bot.ui.remix import RemixModal
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot
+    from bot.storage.jobs import Job
 
 
 class _JobButton(discord.ui.DynamicItem[discord.ui.Button], template=r"imagine:(?P<action>\w+):(?P<job_id>\d+)"):
@@ -55,6 +56,13 @@ class _JobButton(discord.ui.DynamicItem[discord.ui.Button], template=r"imagine:(
     async def handle(self, interaction: discord.Interaction, bot: ImagineBot) -> None:
         raise NotImplementedError
 
+    async def _job_or_say_gone(self, interaction: discord.Interaction, bot: ImagineBot, locale: str) -> Job | None:
+        """The button's job; or None, once the clicker has been told privately that it is gone."""
+        job = await bot.service.jobs.get(self.job_id)
+        if job is None:
+            await interaction.response.send_message(render.JOB_GONE.render(locale), ephemeral=True)
+        return job
+
 
 class RerollButton(_JobButton, template=r"imagine:reroll:(?P<job_id>\d+)"):
     action, emoji = "reroll", "🔄"
@@ -73,10 +81,8 @@ class RemixButton(_JobButton, template=r"imagine:remix:(?P<job_id>\d+)"):
     action, emoji = "remix", "✏️"
 
     async def handle(self, interaction: discord.Interaction, bot: ImagineBot) -> None:
-        job = await bot.service.jobs.get(self.job_id)
         locale = flow.locale_of(interaction)
-        if job is None:
-            await interaction.response.send_message(render.JOB_GONE.render(locale), ephemeral=True)
+        if (job := await self._job_or_say_gone(interaction, bot, locale)) is None:
             return
         await interaction.response.send_modal(RemixModal(bot, job, locale, opened_by=interaction.id))
 
@@ -85,10 +91,8 @@ class DetailsButton(_JobButton, template=r"imagine:details:(?P<job_id>\d+)"):
     action, emoji = "details", "ℹ️"
 
     async def handle(self, interaction: discord.Interaction, bot: ImagineBot) -> None:
-        job = await bot.service.jobs.get(self.job_id)
         locale = flow.locale_of(interaction)
-        if job is None:
-            await interaction.response.send_message(render.JOB_GONE.render(locale), ephemeral=True)
+        if (job := await self._job_or_say_gone(interaction, bot, locale)) is None:
             return
         await interaction.response.send_message(
             embed=render.details_embed(job, locale), ephemeral=True, allowed_mentions=render.NO_PINGS
@@ -118,9 +122,7 @@ class CancelButton(_JobButton, template=r"imagine:cancel:(?P<job_id>\d+)"):
 
     async def handle(self, interaction: discord.Interaction, bot: ImagineBot) -> None:
         locale = flow.locale_of(interaction)
-        job = await bot.service.jobs.get(self.job_id)
-        if job is None:
-            await interaction.response.send_message(render.JOB_GONE.render(locale), ephemeral=True)
+        if (job := await self._job_or_say_gone(interaction, bot, locale)) is None:
             return
         if not (interaction.permissions.manage_messages or job.user_id == interaction.user.id):
             await interaction.response.send_message(render.NOT_ALLOWED_TO_CANCEL.render(locale), ephemeral=True)
